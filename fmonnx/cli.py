@@ -1,0 +1,156 @@
+"""The ``fmonnx`` command: a thin shell over the library.
+
+Options are parsed here and passed on as plain values; library errors
+(FmonnxError) become ``Error: ...`` with exit code 1 and no traceback.
+Everything heavy is imported inside the commands so ``fmonnx --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import FmonnxError
+
+OPS_HELP = "Comma-separated op types to show [default: Conv,Relu,MaxPool, or the layers recorded by fmonnx convert]."
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FmonnxError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing was written.", err=True)
+            sys.exit(130)
+
+
+def _parse_ops(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(op.strip() for op in value.split(",") if op.strip())
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use HxW, e.g. 224x224") from None
+    if height <= 0 or width <= 0:
+        raise click.BadParameter("height and width must be positive")
+    return height, width
+
+
+def _selection_options(command):
+    command = click.option("--ops", default=None, help=OPS_HELP)(command)
+    command = click.option(
+        "--all-spatial", is_flag=True, help="Show every float tensor of rank 4, whatever its op."
+    )(command)
+    command = click.option(
+        "--input-layout",
+        type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+        default=None,
+        help="Channel axis of the model input [default: detected from its shape].",
+    )(command)
+    return command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fmonnx")
+def cli() -> None:
+    """See what a convolutional network sees: feature maps of any ONNX CNN."""
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=True))
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("-o", "--out", default="feature_maps", show_default=True, help="Output folder.")
+@_selection_options
+@click.option(
+    "--preprocess",
+    type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]),
+    default=None,
+    help="Pixel arithmetic: unit (/255), imagenet (mean/std), caffe (BGR, mean), tf ([-1,1]), raw [default: unit].",
+)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime execution provider; auto takes CUDA when installed.")
+@click.option("--normalize", "normalization", type=click.Choice(["standardize", "minmax", "layer"]),
+              default="standardize", show_default=True,
+              help="Per-channel standardize (the tutorial's), per-channel min-max, or one scale per layer.")
+@click.option("--layout", type=click.Choice(["grid", "belt"]), default="grid", show_default=True,
+              help="Near-square grid of channels, or one row (the tutorial's image belt).")
+@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap name, e.g. gray, magma.")
+@click.option("--save-arrays", is_flag=True, help="Also write each layer's float32 C x H x W activations and input.npy.")
+@click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
+@click.option("--max-size", type=click.IntRange(min=1), default=None,
+              help="Cap on the longest side when the model takes any size [default: 1024].")
+def render(model, images, out, ops, all_spatial, input_layout, preprocess, provider, normalization, layout, cmap,
+           save_arrays, size, max_size):
+    """Render the feature maps of MODEL for IMAGES (files or folders) into a folder.
+
+    With no arguments, renders the embedded demo CNN on a sample photo.
+    """
+    from .render import RenderOptions, render as render_folder
+
+    started = time.perf_counter()
+    options = RenderOptions(
+        ops=_parse_ops(ops),
+        all_spatial=all_spatial,
+        preprocess=preprocess,
+        provider=provider,
+        normalization=normalization,
+        layout=layout,
+        cmap=cmap,
+        save_arrays=save_arrays,
+        size=_parse_size(size),
+        max_size=max_size,
+        input_layout=input_layout.upper() if input_layout else None,
+    )
+    manifest = render_folder(model, list(images) or None, out, options)
+    for image in manifest["images"]:
+        for problem in image["problems"]:
+            click.echo(f"Warning: {problem}", err=True)
+    layers = sum(len(image["layers"]) for image in manifest["images"])
+    count = len(manifest["images"])
+    click.echo(
+        f"Wrote {layers} layer pictures for {count} image{'s' if count != 1 else ''} of "
+        f"{manifest['model']} to {out}/ in {time.perf_counter() - started:.2f} s ({manifest['provider']})"
+    )
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def layers(model, ops, all_spatial, input_layout, as_json):
+    """List the tensors of MODEL that can be shown, with op and C x H x W shape."""
+    from .render import RenderOptions, list_layers
+
+    options = RenderOptions(
+        ops=_parse_ops(ops), all_spatial=all_spatial, input_layout=input_layout.upper() if input_layout else None
+    )
+    rows = list_layers(model, options)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(row["name"]) for row in rows)
+    click.echo(f"{'name':<{width}}  {'op':<10} shape (C x H x W)")
+    for row in rows:
+        shape = "x".join("?" if dim is None else str(dim) for dim in row["shape"]) if row["shape"] else "?"
+        note = "" if row["layout_certain"] else "  (channel axis not proven)"
+        click.echo(f"{row['name']:<{width}}  {row['op']:<10} {shape}{note}")
+
+
+def main() -> None:
+    cli(prog_name="fmonnx")

@@ -1,0 +1,135 @@
+"""Which axis of each tensor holds the channels, derived from the graph.
+
+ONNX defines Conv, MaxPool, BatchNormalization and friends on N,C,H,W, even
+when the model's input is N,H,W,C (converters insert Transposes). Layouts are
+propagated forward from the graph input and from those ops: a Transpose
+moves the channel axis by its ``perm``, element-wise ops keep their input's
+layout. Sizes are never used to guess, except for the image input itself,
+whose channel axis is the one of size 1, 3 or 4.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from .errors import ModelError
+from .shapes import TensorType
+
+__all__ = ["Layout", "detect_input_layout", "channel_axes", "IMAGE_CHANNELS"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_CHANNELS = (1, 3, 4)
+
+# Ops whose 4-D output is N,C,H,W by the ONNX spec.
+_CHANNELS_FIRST_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
+        "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "BatchNormalization",
+        "InstanceNormalization", "LRN", "MaxUnpool", "DepthToSpace", "SpaceToDepth",
+        "DeformConv", "RoiAlign", "MaxRoiPool", "Col2Im",
+    }
+)
+# Ops whose output has the layout of their first 4-D input.
+_LAYOUT_PRESERVING_OPS = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",
+        "Tanh", "Softplus", "Softsign", "Mish", "Clip", "Identity", "Dropout", "Cast", "Neg", "Abs", "Exp",
+        "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Sin", "Cos", "ThresholdedRelu",
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Pad", "Slice",
+        "QuantizeLinear", "DequantizeLinear", "Shrink", "Sign", "Not", "BitShift", "Concat", "Resize",
+        "Upsample", "Tile", "Expand", "Softmax", "LogSoftmax",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Channel axis of a 4-D tensor (with its batch axis) and whether the graph proved it."""
+
+    channel_axis: int
+    certain: bool
+
+    @property
+    def name(self) -> str:
+        return {1: "NCHW", 3: "NHWC"}.get(self.channel_axis, f"channels on axis {self.channel_axis}")
+
+
+def detect_input_layout(shape: tuple, forced: str | None = None) -> Layout:
+    """Layout of an image input of rank 4, from its shape; ``forced`` ("NCHW"/"NHWC") overrides.
+
+    The channel axis is the one of size 1, 3 or 4 among axes 1 and 3; a
+    symbolic or other size there rules that axis out. When both fit (a
+    3x3 image with 3 channels), N,C,H,W is taken and marked uncertain.
+    """
+    if forced:
+        return Layout(1 if forced.upper() == "NCHW" else 3, True)
+    if len(shape) != 4:
+        raise ModelError(
+            f"the model input has shape {list(shape)}; fmonnx needs an image input of rank 4 "
+            "(N,C,H,W or N,H,W,C)"
+        )
+    first, last = shape[1] in IMAGE_CHANNELS, shape[3] in IMAGE_CHANNELS
+    if first and not last:
+        return Layout(1, True)
+    if last and not first:
+        return Layout(3, True)
+    if first and last:
+        return Layout(1, False)
+    raise ModelError(
+        f"the model input has shape {list(shape)}: no axis of size 1, 3 or 4 for image channels; "
+        "fmonnx feeds grayscale, RGB or RGBA images (pass --input-layout if the channel axis is symbolic)"
+    )
+
+
+def _transpose_perm(node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None
+
+
+def channel_axes(
+    model: onnx.ModelProto,
+    types: dict[str, TensorType],
+    input_layout: Layout | None,
+) -> dict[str, Layout]:
+    """Propagate channel axes through the graph; returns a Layout for every 4-D tensor reached."""
+    graph = model.graph
+    layouts: dict[str, Layout] = {}
+    initializers = {tensor.name for tensor in graph.initializer}
+    image_inputs = [value.name for value in graph.input if value.name not in initializers]
+    if input_layout is not None and image_inputs:
+        layouts[image_inputs[0]] = input_layout
+
+    def rank(name: str) -> int | None:
+        tensor_type = types.get(name)
+        return tensor_type.rank if tensor_type else None
+
+    for node in graph.node:
+        op = node.op_type
+        result: Layout | None = None
+        if op in _CHANNELS_FIRST_OPS:
+            result = Layout(1, True)
+        elif op == "Transpose":
+            source = layouts.get(node.input[0]) if node.input else None
+            perm = _transpose_perm(node)
+            if source is not None:
+                perm = perm if perm is not None else [3, 2, 1, 0]
+                if source.channel_axis in perm:
+                    result = Layout(perm.index(source.channel_axis), source.certain)
+        elif op in _LAYOUT_PRESERVING_OPS:
+            for name in node.input:
+                if name in layouts and rank(name) in (4, None):
+                    result = layouts[name]
+                    break
+        if result is None:
+            continue
+        outputs = node.output[:1] if op in ("MaxPool", "Dropout", "BatchNormalization") else node.output
+        for output in outputs:
+            if output and rank(output) in (4, None):
+                layouts[output] = result
+    return layouts

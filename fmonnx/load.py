@@ -1,0 +1,86 @@
+"""Load an ONNX model from disk, with one-line errors for every way it can fail.
+
+Models over 2 GB keep their weights in external data files; they are loaded
+by path with ``load_external_data=False`` so the weights stay on disk and
+onnxruntime reads them itself (see ``run.session_source``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .errors import ModelError
+
+__all__ = ["LoadedModel", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A parsed model and where it came from.
+
+    ``external_data`` lists the external weight files (relative to
+    ``path.parent``) when the weights were left on disk.
+    """
+
+    model: onnx.ModelProto
+    path: Path
+    external_data: tuple[str, ...] = ()
+
+
+def _external_locations(model: onnx.ModelProto) -> tuple[str, ...]:
+    locations = set()
+    for tensor in _all_initializers(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return tuple(sorted(locations))
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_initializers(sub)
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Read ``path`` as an ONNX model; external weight files stay on disk."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist; check the path")
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not an ONNX file; pass the .onnx file inside it")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path} is empty; re-export the model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends, untyped
+        raise ModelError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+            "it may be truncated or another format: re-export it as .onnx"
+        ) from None
+    if not model.graph.node:
+        raise ModelError(
+            f"{path} has no graph nodes: it is not an ONNX model or is truncated; re-export it as .onnx"
+        )
+    external = _external_locations(model)
+    missing = [loc for loc in external if not (path.parent / loc).exists()]
+    if missing:
+        raise ModelError(
+            f"{path} keeps its weights in {missing[0]}, which is not beside it; "
+            "copy the model's data files into the same folder"
+        )
+    log.debug("loaded %s (%d nodes, external data: %s)", path, len(model.graph.node), external)
+    return LoadedModel(model=model, path=path, external_data=external)
