@@ -91,7 +91,7 @@ def cli() -> None:
 @click.option("--layout", type=click.Choice(["grid", "belt"]), default="grid", show_default=True,
               help="Near-square grid of channels, or one row (the tutorial's image belt).")
 @click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap name, e.g. gray, magma.")
-@click.option("--save-arrays", is_flag=True, help="Also write each layer's float32 C x H x W activations and input.npy.")
+@click.option("--save-arrays", is_flag=True, help="Also write each layer's float32 CxHxW activations and input.npy.")
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
 @click.option("--max-size", type=click.IntRange(min=1), default=None,
               help="Cap on the longest side when the model takes any size [default: 1024].")
@@ -101,7 +101,8 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
 
     With no arguments, renders the embedded demo CNN on a sample photo.
     """
-    from .render import RenderOptions, render as render_folder
+    from .render import RenderOptions
+    from .render import render as render_folder
 
     started = time.perf_counter()
     options = RenderOptions(
@@ -147,7 +148,7 @@ def layers(model, ops, all_spatial, input_layout, as_json):
     width = max(len(row["name"]) for row in rows)
     click.echo(f"{'name':<{width}}  {'op':<10} shape (C x H x W)")
     for row in rows:
-        shape = "x".join("?" if dim is None else str(dim) for dim in row["shape"]) if row["shape"] else "?"
+        shape = "x".join(str(dim) if isinstance(dim, int) else "?" for dim in row["shape"]) if row["shape"] else "?"
         note = "" if row["layout_certain"] else "  (channel axis not proven)"
         click.echo(f"{row['name']:<{width}}  {row['op']:<10} {shape}{note}")
 

@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .colormap import BACKGROUND, DEFAULT_CMAP, lookup_table, to_palette_indices
 from .errors import ImageError, ModelError
-from .expose import DEFAULT_OPS, Candidate, expose_outputs, find_candidates
+from .expose import DEFAULT_OPS, expose_outputs, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
 from .load import LoadedModel, load_model
 from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
@@ -29,7 +29,7 @@ from .preprocess import DEFAULT_PRESET, InputSpec, expand_image_paths, load_imag
 from .run import create_session, run_session
 from .shapes import TensorType, infer_types
 from .tile import DEFAULT_LAYOUT, Grid, tile
-from .write import MANIFEST, file_stem, staged_output, titled, write_array, write_manifest, write_picture
+from .write import file_stem, staged_output, titled, write_array, write_manifest, write_picture
 
 __all__ = [
     "RenderOptions",
@@ -37,6 +37,7 @@ __all__ = [
     "LayerActivation",
     "ImageActivations",
     "plan_model",
+    "open_session",
     "list_layers",
     "compute_activations",
     "activations",
@@ -143,7 +144,11 @@ def _source(loaded: LoadedModel) -> dict:
                 break
     producer = model.producer_name or "unknown"
     framework = {"tf2onnx": "tensorflow", "pytorch": "pytorch", "keras2onnx": "keras", "tflite2onnx": "tflite"}
-    return {"framework": framework.get(producer, producer), "producer": producer, "producer_version": model.producer_version}
+    return {
+        "framework": framework.get(producer, producer),
+        "producer": producer,
+        "producer_version": model.producer_version,
+    }
 
 
 def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
@@ -216,17 +221,20 @@ def _to_chw(raw: np.ndarray, layout: Layout) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(single, layout.channel_axis - 1, 0), dtype=np.float32)
 
 
+def open_session(plan: ModelPlan, options: RenderOptions | None = None):
+    """An onnxruntime session of the model with every planned tensor exposed as an output."""
+    options = options or RenderOptions()
+    exposed = expose_outputs(plan.loaded.model, [named.candidate for named in plan.tensors])
+    return create_session(exposed, options.provider, plan.loaded.path.parent, plan.loaded.external_data)
+
+
 def compute_activations(
     plan: ModelPlan, images: list[str | os.PathLike], options: RenderOptions | None = None, session=None
 ) -> Iterator[ImageActivations]:
     """Run every image through the exposed model; yields one ImageActivations per image."""
     options = options or RenderOptions()
     paths = expand_image_paths(images)
-    if session is None:
-        exposed = expose_outputs(plan.loaded.model, [named.candidate for named in plan.tensors])
-        session = create_session(
-            exposed, options.provider, plan.loaded.path.parent, plan.loaded.external_data
-        )
+    session = session or open_session(plan, options)
     preset = options.preprocess or ("raw" if plan.input.elem_type in (2, 3) else DEFAULT_PRESET)
     names = [named.candidate.tensor for named in plan.tensors]
     channels = plan.input.shape[plan.input_layout.channel_axis]
@@ -288,7 +296,8 @@ def _overview(pictures: list[tuple[str, np.ndarray]], per_row: int = 16, size: i
         xs = (np.arange(size) * width // size).clip(0, width - 1)
         small = picks[:, ys][:, :, xs]
         grid = tile(small, "belt", padding=2, pad_value=BACKGROUND, min_tile=0)
-        label = f"{title}  ({count}x{height}x{width})"
+        shown = f", first {len(picks)} shown" if len(picks) < count else ""
+        label = f"{title}  ({count}x{height}x{width}{shown})"
         rows.append(titled(grid.image, label))
     width = max(row.shape[1] for row in rows)
     padded = [np.pad(row, ((0, 4), (0, width - row.shape[1])), constant_values=BACKGROUND) for row in rows]
@@ -326,16 +335,17 @@ def render(
     lookup_table(options.cmap)  # an unknown colormap fails before any work
     plan = plan_model(model_path, options)
     planned = time.perf_counter()
+    session = open_session(plan, options)
     folders = _image_folders(image_paths)
     files: list[str] = []
     entries = []
     with staged_output(out) as staging:
-        for folder, result in zip(folders, compute_activations(plan, image_paths, options)):
-            entries.append(_write_image(staging, folder, result, options, files))
+        for folder, result in zip(folders, compute_activations(plan, image_paths, options, session)):
+            entries.append(_write_image(staging, folder, result, plan.input_layout, options, files))
         manifest = {
             "model": str(model_path),
             "source": plan.source,
-            "provider": None,
+            "provider": session.get_providers()[0],
             "fmonnx_version": __version__,
             "options": {
                 "normalization": options.normalization,
@@ -346,24 +356,17 @@ def render(
             },
             "input": {"name": plan.input.name, "shape": list(plan.input.shape), "layout": plan.input_layout.name},
             "images": entries,
-            "files": files + [],
-            "seconds": {"plan": planned - started, "total": None},
+            "files": files,
+            "seconds": {"plan": planned - started},
         }
-        manifest["provider"] = _provider_used(plan, options)
         manifest["seconds"]["total"] = time.perf_counter() - started
         write_manifest(staging, manifest)
     return manifest
 
 
-def _provider_used(plan: ModelPlan, options: RenderOptions) -> str:
-    import onnxruntime as ort
-
-    from .run import resolve_providers
-
-    return resolve_providers(options.provider, ort.get_available_providers())[0]
-
-
-def _write_image(staging: Path, folder: str, result: ImageActivations, options: RenderOptions, files: list[str]) -> dict:
+def _write_image(
+    staging: Path, folder: str, result: ImageActivations, input_layout: Layout, options: RenderOptions, files: list[str]
+) -> dict:
     target = staging / folder
     target.mkdir(exist_ok=True)
     prefix = f"{folder}/" if folder else ""
@@ -401,7 +404,7 @@ def _write_image(staging: Path, folder: str, result: ImageActivations, options: 
     image_entry = {
         "image": str(result.image),
         "input_shape": list(result.input_tensor.shape),
-        "input_layout": "NCHW" if result.input_tensor.shape[1] in IMAGE_CHANNELS and options.input_layout != "NHWC" and _is_nchw(result) else "NHWC",
+        "input_layout": input_layout.name,
         "preprocess": result.preprocess,
         "layers": layers,
         "problems": result.problems,
@@ -417,6 +420,3 @@ def _write_image(staging: Path, folder: str, result: ImageActivations, options: 
     image_entry["seconds"] = {**result.seconds, "draw_and_write": time.perf_counter() - drawn}
     return image_entry
 
-
-def _is_nchw(result: ImageActivations) -> bool:
-    return result.preprocess.get("layout") == "NCHW"

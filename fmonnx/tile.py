@@ -93,6 +93,8 @@ def tile(
         filled = np.full((rows * columns, tile_height + padding, tile_width + padding), pad_value, dtype=np.uint8)
         filled[:count, :tile_height, :tile_width] = channels
         blocks = filled.reshape(rows, columns, tile_height + padding, tile_width + padding)
-        stitched = blocks.transpose(0, 2, 1, 3).reshape(rows * (tile_height + padding), columns * (tile_width + padding))
+        stitched = blocks.transpose(0, 2, 1, 3).reshape(
+            rows * (tile_height + padding), columns * (tile_width + padding)
+        )
         picture[:, :] = stitched[: picture.shape[0], : picture.shape[1]]
     return Grid(picture, columns, rows, tile_height, tile_width, scale, padding)

@@ -100,6 +100,12 @@ def _replaceable(target: Path) -> None:
         )
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def staged_output(target: str | os.PathLike):
     """Yield a staging folder; on success it becomes ``target`` (replacing an
@@ -112,6 +118,7 @@ def staged_output(target: str | os.PathLike):
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fmonnx-", dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     except OSError as exc:
         raise OutputError(
             f"cannot write to {target.parent} ({exc.strerror or exc}); choose a writable folder with -o"
