@@ -90,7 +90,8 @@ def expose_outputs(model: onnx.ModelProto, candidates: list[Candidate]) -> onnx.
     """Return a copy of ``model`` whose graph also outputs the candidates' tensors.
 
     Tensors that are already outputs are not added twice. Only the element
-    type is declared, so onnxruntime reports the real shapes.
+    type and rank are declared (dims left open), so onnxruntime reports the
+    real shapes and never rejects a run over an inferred size.
     """
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
@@ -98,7 +99,9 @@ def expose_outputs(model: onnx.ModelProto, candidates: list[Candidate]) -> onnx.
     for candidate in candidates:
         if candidate.tensor in present:
             continue
-        exposed.graph.output.append(helper.make_tensor_value_info(candidate.tensor, candidate.type.elem_type, None))
+        rank = candidate.type.rank
+        shape = None if rank is None else [None] * rank
+        exposed.graph.output.append(helper.make_tensor_value_info(candidate.tensor, candidate.type.elem_type, shape))
         present.add(candidate.tensor)
     log.debug("exposed %d tensors", len(exposed.graph.output) - len(model.graph.output))
     return exposed

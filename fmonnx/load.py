@@ -2,7 +2,7 @@
 
 Models over 2 GB keep their weights in external data files; they are loaded
 by path with ``load_external_data=False`` so the weights stay on disk and
-onnxruntime reads them itself (see ``run.session_source``).
+onnxruntime reads them itself from the model's folder (see ``run.create_session``).
 """
 
 from __future__ import annotations

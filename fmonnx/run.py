@@ -8,9 +8,6 @@ the CPU. ``cuda`` asked for but not really in use after session creation
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +41,6 @@ def resolve_providers(provider: str, available: list[str]) -> list[str]:
     raise ProviderError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
 
 
-@contextmanager
-def _model_source(model: onnx.ModelProto, model_dir: Path | None, external_data: tuple[str, ...]):
-    """Bytes for an in-memory model; for one with external weights, a temporary
-    file beside links to those weights, since onnxruntime reads them by path."""
-    if not external_data:
-        yield model.SerializeToString()
-        return
-    with tempfile.TemporaryDirectory(prefix="fmonnx-") as folder:
-        for location in external_data:
-            target = Path(folder) / location
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink((model_dir / location).resolve(), target)
-        model_path = Path(folder) / "exposed.onnx"
-        onnx.save(model, str(model_path))
-        yield str(model_path)
-
-
 def create_session(
     model: onnx.ModelProto,
     provider: str = "auto",
@@ -76,9 +56,11 @@ def create_session(
     options.log_severity_level = 3  # onnxruntime's own warnings go to the log, not the user's terminal
     if threads:
         options.intra_op_num_threads = threads
+    if external_data and model_dir is not None:
+        # the model travels as bytes; its external weights are read in place from its own folder
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
     try:
-        with _model_source(model, model_dir, external_data) as source:
-            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot load the model: {message}") from None
