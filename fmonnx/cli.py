@@ -146,11 +146,12 @@ def layers(model, ops, all_spatial, input_layout, as_json):
         click.echo(json.dumps(rows, indent=1))
         return
     width = max(len(row["name"]) for row in rows)
-    click.echo(f"{'name':<{width}}  {'op':<10} shape (C x H x W)")
+    op_width = max(10, *(len(row["op"]) for row in rows))
+    click.echo(f"{'name':<{width}}  {'op':<{op_width}} shape (C x H x W)")
     for row in rows:
         shape = "x".join(str(dim) if isinstance(dim, int) else "?" for dim in row["shape"]) if row["shape"] else "?"
         note = "" if row["layout_certain"] else "  (channel axis not proven)"
-        click.echo(f"{row['name']:<{width}}  {row['op']:<10} {shape}{note}")
+        click.echo(f"{row['name']:<{width}}  {row['op']:<{op_width}} {shape}{note}")
 
 
 def main() -> None:

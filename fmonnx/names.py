@@ -12,8 +12,8 @@ In order of trust:
 4. Otherwise the node name (or the tensor name when the node has none).
 
 Names are made unique: when several tensors come from one layer (a Conv and
-its fused Relu), the last keeps the layer's name and the others get
-``<layer>/<op>``.
+its fused Relu), the last keeps the layer's name (Transposes and other layout
+plumbing aside) and the others get ``<layer>/<op>``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 LAYERS_KEY = "fmonnx.layers"
 SOURCE_KEY = "fmonnx.source"
 _TF_WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall")
+# Layout plumbing a converter adds inside a layer; never the layer's own output.
+_PLUMBING_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"})
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
         elif any(layer_of[i][1] is True for i in group):
             owns_name = False
         else:
-            owns_name = index == group[-1]  # the layer's last tensor is its output
+            # the layer's output is its last tensor, not counting a converter's Transposes after it
+            real = [i for i in group if candidates[i].op not in _PLUMBING_OPS] or group
+            owns_name = index == real[-1]
         names.append(layer if owns_name else f"{layer}/{candidates[index].op}")
     names = _deduplicate(names)
     return [

@@ -154,3 +154,19 @@ def test_skeleton_inference_needs_no_weight_bytes():
     model = copy_model_nchw()
     types = infer_types(model)
     assert types["w"].shape == (2, 3, 1, 1) and np.dtype("float32")
+
+
+def test_converter_transposes_never_take_the_layer_name():
+    model = make_model(
+        [
+            helper.make_node("Transpose", ["input"], ["t_in"], name="model/conv2d/BiasAdd__6", perm=[0, 3, 1, 2]),
+            helper.make_node("Relu", ["t_in"], ["pooled"], name="model/pool/MaxPool"),
+            helper.make_node("Transpose", ["pooled"], ["output"], name="model/pool/MaxPool__28", perm=[0, 2, 3, 1]),
+        ],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 5, 6, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5, 6, 3])],
+        producer="tf2onnx",
+    )
+    _, candidates = plan(model, all_spatial=True)
+    named = [(n.name, n.candidate.op) for n in name_tensors(model, candidates)]
+    assert named == [("conv2d", "Transpose"), ("pool", "Relu"), ("pool/Transpose", "Transpose")]
