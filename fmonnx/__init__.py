@@ -3,7 +3,9 @@
     import fmonnx
     fmonnx.list_layers("model.onnx")                          # what can be shown
     maps = fmonnx.activations("model.onnx", "photo.jpg")      # {name: (C, H, W) float32}
-    manifest = fmonnx.render("model.onnx", ["photo.jpg"], out="maps")
+    result = fmonnx.render("model.onnx", ["photo.jpg"], out="maps")  # maps/index.html, maps/manifest.json
+    result.manifest                                           # the manifest.json dict
+    result.plot_layer("conv2d")                               # one layer as a matplotlib figure
 """
 
 from __future__ import annotations

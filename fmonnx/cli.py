@@ -52,6 +52,57 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
     return height, width
 
 
+def _run_options(command):
+    command = click.option(
+        "--preprocess",
+        type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]),
+        default=None,
+        help="Pixel arithmetic: unit (/255), imagenet (mean/std), caffe (BGR, mean), tf ([-1,1]), raw [default: unit].",
+    )(command)
+    command = click.option(
+        "--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        help="onnxruntime execution provider; auto takes CUDA when installed.",
+    )(command)
+    return command
+
+
+def _parse_memory(value: str | None) -> int | None:
+    if value is None:
+        return None
+    units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
+    text = value.strip().upper()
+    number = text.rstrip("KMGB")
+    try:
+        size = float(number) * units[text[len(number):]]
+    except (ValueError, KeyError):
+        raise click.BadParameter("use a size such as 800M or 1.5G") from None
+    if size < 2**20:
+        raise click.BadParameter("give at least 1M")
+    return int(size)
+
+
+class _Progress:
+    """A progress bar with images/s on stderr, shown when several images are rendered."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 2:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=total, label="Rendering", file=sys.stderr, show_pos=True, item_show_func=lambda rate: rate
+            )
+        rate = done / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(done - self.bar.pos, f"{rate:.1f} images/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
+
+
 def _selection_options(command):
     command = click.option("--ops", default=None, help=OPS_HELP)(command)
     command = click.option(
@@ -77,14 +128,7 @@ def cli() -> None:
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("-o", "--out", default="feature_maps", show_default=True, help="Output folder.")
 @_selection_options
-@click.option(
-    "--preprocess",
-    type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]),
-    default=None,
-    help="Pixel arithmetic: unit (/255), imagenet (mean/std), caffe (BGR, mean), tf ([-1,1]), raw [default: unit].",
-)
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="onnxruntime execution provider; auto takes CUDA when installed.")
+@_run_options
 @click.option("--normalize", "normalization", type=click.Choice(["standardize", "minmax", "layer"]),
               default="standardize", show_default=True,
               help="Per-channel standardize (the tutorial's), per-channel min-max, or one scale per layer.")
@@ -95,8 +139,21 @@ def cli() -> None:
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
 @click.option("--max-size", type=click.IntRange(min=1), default=None,
               help="Cap on the longest side when the model takes any size [default: 1024].")
+@click.option("--no-report", "report", is_flag=True, flag_value=False, default=True,
+              help="Skip index.html and its data (report/): only the PNGs and manifest.json.")
+@click.option("--max-channels", type=click.IntRange(min=1), default=None,
+              help="Draw only the first N channels of each layer (the manifest says what was left out).")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Draw only the N channels of highest mean activation of each layer, highest first.")
+@click.option("--max-memory", default=None,
+              help="Memory bound, e.g. 2G; beyond it a large input is rendered in passes "
+              "[default: 2 x model + 3 x largest tensor + 300M].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime threads [default: onnxruntime's, the physical cores].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Threads that draw and encode the pictures [default: the cores, at most 4].")
 def render(model, images, out, ops, all_spatial, input_layout, preprocess, provider, normalization, layout, cmap,
-           save_arrays, size, max_size):
+           save_arrays, size, max_size, report, max_channels, top, max_memory, threads, jobs):
     """Render the feature maps of MODEL for IMAGES (files or folders) into a folder.
 
     With no arguments, renders the embedded demo CNN on a sample photo.
@@ -117,17 +174,37 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
         size=_parse_size(size),
         max_size=max_size,
         input_layout=input_layout.upper() if input_layout else None,
+        report=report,
+        max_channels=max_channels,
+        top=top,
+        max_memory=_parse_memory(max_memory),
+        threads=threads,
+        jobs=jobs,
     )
-    manifest = render_folder(model, list(images) or None, out, options)
+    progress = _Progress()
+    try:
+        result = render_folder(model, list(images) or None, out, options, progress=progress)
+    finally:
+        progress.close()
+    manifest = result.manifest
     for image in manifest["images"]:
         for problem in image["problems"]:
             click.echo(f"Warning: {problem}", err=True)
+        passes = image.get("passes")
+        if passes:
+            click.echo(
+                f"Note: {image['image']} was run in {passes['count']} passes to stay under "
+                f"{passes['max_memory'] / 2**20:.0f} MB (--max-memory)",
+                err=True,
+            )
     layers = sum(len(image["layers"]) for image in manifest["images"])
     count = len(manifest["images"])
     click.echo(
         f"Wrote {layers} layer pictures for {count} image{'s' if count != 1 else ''} of "
         f"{manifest['model']} to {out}/ in {time.perf_counter() - started:.2f} s ({manifest['provider']})"
     )
+    if result.index is not None:
+        click.echo(f"Open {result.index} in a browser to explore them.")
 
 
 @cli.command()
@@ -152,6 +229,33 @@ def layers(model, ops, all_spatial, input_layout, as_json):
         shape = "x".join(str(dim) if isinstance(dim, int) else "?" for dim in row["shape"]) if row["shape"] else "?"
         note = "" if row["layout_certain"] else "  (channel axis not proven)"
         click.echo(f"{row['name']:<{width}}  {row['op']:<{op_width}} {shape}{note}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("image", type=click.Path())
+@_selection_options
+@_run_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with per-channel columns) instead of a table.")
+def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as_json):
+    """Per-layer activation statistics of MODEL on IMAGE; layers with dead channels are flagged."""
+    from .render import RenderOptions
+    from .stats import format_table, layer_stats
+
+    options = RenderOptions(
+        ops=_parse_ops(ops),
+        all_spatial=all_spatial,
+        preprocess=preprocess,
+        provider=provider,
+        input_layout=input_layout.upper() if input_layout else None,
+    )
+    result = layer_stats(model, image, options)
+    for problem in result["problems"]:
+        click.echo(f"Warning: {problem}", err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    click.echo(format_table(result["layers"]))
 
 
 def main() -> None:

@@ -42,11 +42,17 @@ class TensorType:
         return self.elem_type in FLOAT_TYPES
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
     graph = model.graph
     skeleton_graph = onnx.GraphProto(name=graph.name)
     skeleton_graph.node.extend(graph.node)
     skeleton_graph.input.extend(graph.input)
+    for value in skeleton_graph.input:
+        if input_shapes and value.name in input_shapes:
+            value.type.tensor_type.ClearField("shape")
+            value.type.tensor_type.shape.SetInParent()
+            for size in input_shapes[value.name]:
+                value.type.tensor_type.shape.dim.add().dim_value = int(size)
     skeleton_graph.output.extend(graph.output)
     skeleton_graph.value_info.extend(graph.value_info)
     declared = {value.name for value in graph.input}
@@ -83,13 +89,16 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
-def infer_types(model: onnx.ModelProto) -> dict[str, TensorType]:
+def infer_types(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, TensorType]:
     """Map every tensor name the graph declares or infers to its TensorType.
 
-    Inference failures are logged, not raised: what could be inferred is kept,
-    and the run itself reports the real shapes.
+    ``input_shapes`` fixes the shapes of graph inputs (a dynamic H x W at the
+    size actually fed). Inference failures are logged, not raised: what could
+    be inferred is kept, and the run itself reports the real shapes.
     """
-    skeleton = _skeleton(model)
+    skeleton = _skeleton(model, input_shapes)
     try:
         inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors

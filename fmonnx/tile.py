@@ -3,7 +3,10 @@
 channels: (C, H, W) uint8 palette indices, channels first. Tiles are
 upscaled by a whole factor when small (a 7x7 map is unreadable at 7 pixels)
 and subsampled when the picture would be huge; the factor is recorded so a
-pixel can be traced back to its channel and position.
+pixel can be traced back to its channel and position. A belt that would pass
+``max_side`` wraps into several rows rather than shrinking its tiles to
+nothing. Tiles are written straight into the picture through a strided view:
+no upscaled copy of the layer is made.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "Grid", "tile"]
+__all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "Grid", "GridPlan", "plan_grid", "tile"]
 
 LAYOUTS = ("grid", "belt")
 DEFAULT_LAYOUT = "grid"
-MIN_TILE = 32  # smaller maps are upscaled to at least this many pixels
+MIN_TILE = 24  # smaller maps are upscaled to at least this many pixels (7x7 and 14x14 maps to 28)
 MAX_SIDE = 8192  # pictures are kept below this many pixels a side
 
 
@@ -54,6 +58,56 @@ def _columns(count: int, height: int, width: int, layout: str) -> int:
     return max(1, min(count, math.ceil(math.sqrt(count * height / width))))
 
 
+def _upscale(height: int, width: int, min_tile: int) -> int:
+    return math.ceil(min_tile / max(height, width)) if max(height, width) < min_tile else 1
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """How C maps of H x W will be laid out: ``factor`` > 1 upscales, ``step`` > 1 keeps every step-th value."""
+
+    columns: int
+    rows: int
+    factor: int
+    step: int
+
+    def sample(self, channels: np.ndarray) -> np.ndarray:
+        """(C, H, W) -> the (C, H', W') view the grid shows (every step-th value)."""
+        return channels[:, :: self.step, :: self.step] if self.step > 1 else channels
+
+
+def plan_grid(
+    count: int,
+    height: int,
+    width: int,
+    layout: str = DEFAULT_LAYOUT,
+    padding: int = 1,
+    min_tile: int = MIN_TILE,
+    max_side: int = MAX_SIDE,
+) -> GridPlan:
+    """The layout of ``count`` maps of ``height`` x ``width``, decided before any pixel is touched,
+    so a huge layer can be subsampled before it is normalized."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    scale = _upscale(height, width, min_tile)
+    if layout == "belt":
+        columns = max(count, 1)
+        if columns * (width * scale + padding) > max_side:  # wrap the belt: its rows read left to right
+            columns = max(1, max_side // (width * scale + padding))
+    else:
+        columns = _columns(count, height, width, layout)
+    rows = max(1, math.ceil(count / columns))
+    step = 1
+    longest = max(columns * (width * scale + padding), rows * (height * scale + padding))
+    if longest > max_side:
+        shrink = math.ceil(longest / max_side)
+        if scale > 1:
+            scale = max(1, scale // shrink)
+        else:
+            step = shrink
+    return GridPlan(columns, rows, scale, step)
+
+
 def tile(
     channels: np.ndarray,
     layout: str = DEFAULT_LAYOUT,
@@ -61,28 +115,19 @@ def tile(
     pad_value: int = 0,
     min_tile: int = MIN_TILE,
     max_side: int = MAX_SIDE,
+    plan: GridPlan | None = None,
 ) -> Grid:
-    """Tile (C, H, W) uint8 images into one (rows, columns) picture with ``padding`` between tiles."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-    count, height, width = channels.shape
-    columns = _columns(count, height, width, layout)
-    rows = math.ceil(count / columns)
+    """Tile (C, H, W) uint8 images into one (rows, columns) picture with ``padding`` between tiles.
 
-    scale: float = 1
-    if max(height, width) < min_tile:
-        scale = math.ceil(min_tile / max(height, width))
-    longest = max(columns * (width * scale + padding), rows * (height * scale + padding))
-    if longest > max_side:
-        step = math.ceil(longest / max_side)
-        if scale > 1:
-            scale = max(1, scale // step)
-        else:
-            channels = channels[:, ::step, ::step]
-            scale = 1 / step
-    if scale > 1:
-        channels = channels.repeat(int(scale), axis=1).repeat(int(scale), axis=2)
-    count, tile_height, tile_width = channels.shape
+    With ``plan`` (from ``plan_grid`` for the full-size maps) the channels are
+    taken as already sampled by it (``plan.sample``); without, it is planned here.
+    """
+    if plan is None:
+        plan = plan_grid(*channels.shape, layout, padding, min_tile, max_side)
+        channels = plan.sample(channels)
+    columns, rows, factor = plan.columns, plan.rows, plan.factor
+    count, height, width = channels.shape
+    tile_height, tile_width = height * factor, width * factor
 
     picture = np.full(
         (rows * (tile_height + padding) - padding, columns * (tile_width + padding) - padding),
@@ -90,11 +135,20 @@ def tile(
         dtype=np.uint8,
     )
     if count:
-        filled = np.full((rows * columns, tile_height + padding, tile_width + padding), pad_value, dtype=np.uint8)
-        filled[:count, :tile_height, :tile_width] = channels
-        blocks = filled.reshape(rows, columns, tile_height + padding, tile_width + padding)
-        stitched = blocks.transpose(0, 2, 1, 3).reshape(
-            rows * (tile_height + padding), columns * (tile_width + padding)
+        if factor > 1:  # widen first, so the copies below move whole tile rows
+            channels = channels.repeat(factor, axis=2)
+        line = picture.strides[0]
+        # (row, y, y-repeat, column, x) -> the picture's bytes; the y-repeat upscales
+        cells = as_strided(
+            picture,
+            shape=(rows, height, factor, columns, tile_width),
+            strides=((tile_height + padding) * line, factor * line, line, tile_width + padding, 1),
         )
-        picture[:, :] = stitched[: picture.shape[0], : picture.shape[1]]
+        full, rest = divmod(count, columns)
+        if full:
+            blocks = channels[: full * columns].reshape(full, columns, height, tile_width).transpose(0, 2, 1, 3)
+            cells[:full] = blocks[:, :, None]
+        if rest:
+            cells[full, :, :, :rest] = channels[full * columns :].transpose(1, 0, 2)[:, None]
+    scale: float = factor if plan.step == 1 else 1 / plan.step
     return Grid(picture, columns, rows, tile_height, tile_width, scale, padding)

@@ -40,7 +40,9 @@ def test_expose_keeps_original_outputs_and_never_mutates_input():
 def test_skips_int_tensors_constants_inputs_and_non_4d():
     model = make_model(
         [
-            helper.make_node("Constant", [], ["const"], value=helper.make_tensor("v", TensorProto.FLOAT, [1, 1, 1, 1], [1])),
+            helper.make_node(
+                "Constant", [], ["const"], value=helper.make_tensor("v", TensorProto.FLOAT, [1, 1, 1, 1], [1])
+            ),
             helper.make_node("Add", ["input", "const"], ["added"], name="add"),
             helper.make_node("Relu", ["added"], ["relu4d"], name="relu"),
             helper.make_node("Shape", ["relu4d"], ["shape"], name="shape"),

@@ -1,0 +1,275 @@
+"""The report: ``index.html``, one offline page over a render, and the data beside it.
+
+The page changes colormap, normalization, channel order and dead-channel
+hiding in the browser, so each layer's maps are written once, as data, not
+as every variant:
+
+- ``quantize``: (C, H, W) float32 activations, channels first -> (C, H, W)
+  uint8, each channel stretched over 0..255 between its own min and max (a
+  dead channel is all 0). With the channel's min, max, mean and std (in the
+  manifest) the page rebuilds any of the three normalizations from it.
+- ``layer_atlas``: those channels tiled without gaps into one picture
+  (channel k at row k // columns, column k % columns); ``data_script``: that
+  atlas as a gray PNG, base64 inside a one-line script
+  ``fmonnxData("<file>", "<png>")``. A page opened from disk
+  may not fetch() files or read pixels of a PNG loaded by path, but it may
+  load a script and read a data: URL image.
+- ``write_report``: the resized input photos and ``index.html`` (the page's
+  HTML, CSS and JS from ``report_assets/`` with the render's numbers inlined).
+
+Everything the page loads sits under ``report/`` beside ``index.html``;
+nothing comes from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .colormap import DEFAULT_CMAP, lookup_table
+from .errors import FmonnxError
+from .normalize import ChannelStats
+from .tile import MAX_SIDE, tile
+from .write import encode_png
+
+__all__ = [
+    "INDEX",
+    "REPORT_DIR",
+    "PAGE_CMAPS",
+    "quantize",
+    "dequantize",
+    "layer_atlas",
+    "data_script",
+    "data_file",
+    "write_data_script",
+    "write_layer_data",
+    "read_layer_data",
+    "page_data",
+    "page_html",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.html"
+REPORT_DIR = "report"
+PAGE_CMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "gray", "turbo", "coolwarm", "RdBu_r", "jet")
+ENCODING = "uint8 per-channel min-max, grayscale PNG atlas, base64 in a script"
+_ASSETS = Path(__file__).parent / "report_assets"
+_CHUNK = 1 << 22  # values quantized at a time: bounds the float temporaries of a huge layer
+_GRAY_RAMP = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
+_PHOTO_SIDE = 512  # input pictures larger than this are shown downscaled
+_DATA_CALL = re.compile(r'^fmonnxData\("([^"]*)","([A-Za-z0-9+/=]*)"\);\s*$')
+
+
+def quantize(values: np.ndarray, stats: ChannelStats) -> np.ndarray:
+    """(C, H, W) float -> (C, H, W) uint8: ``round((x - min_c) / (max_c - min_c) * 255)`` per channel.
+
+    Non-finite values count as 0 (as in ChannelStats); a constant channel becomes all 0.
+    """
+    count = values.shape[0]
+    low = stats.min.astype(np.float32)
+    span = (stats.max - stats.min).astype(np.float32)
+    factor = np.where(span > 0, np.float32(255) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    result = np.empty(values.shape, dtype=np.uint8)
+    per_channel = max(1, int(np.prod(values.shape[1:])))
+    step = max(1, _CHUNK // per_channel)
+    for start in range(0, count, step):
+        block = np.asarray(values[start : start + step], dtype=np.float32)
+        if not np.isfinite(block).all():
+            block = np.where(np.isfinite(block), block, np.float32(0))
+        scaled = (block - low[start : start + step, None, None]) * factor[start : start + step, None, None]
+        result[start : start + step] = np.clip(scaled + np.float32(0.5), 0, 255).astype(np.uint8)
+    return result
+
+
+def dequantize(levels: np.ndarray, minimum, maximum) -> np.ndarray:
+    """(C, H, W) uint8 from ``quantize`` -> float32 activations, within (max - min) / 510 of the originals."""
+    low = np.asarray(minimum, dtype=np.float32)[:, None, None]
+    span = (np.asarray(maximum, dtype=np.float32) - np.asarray(minimum, dtype=np.float32))[:, None, None]
+    return low + levels.astype(np.float32) * (span / np.float32(255))
+
+
+def data_file(folder: str, stem: str) -> str:
+    """Where a layer's data goes, relative to the output folder; ``folder`` is the image's subfolder or ''."""
+    return "/".join(part for part in (REPORT_DIR, folder, f"{stem}.js") if part)
+
+
+def layer_atlas(values: np.ndarray, stats: ChannelStats) -> tuple[np.ndarray, dict]:
+    """(C, H, W) activations -> the (rows * h, columns * w) uint8 atlas of their levels, and its geometry.
+
+    Geometry: ``{"encoding", "channels", "columns", "rows", "tile": [h, w], "scale"}``; ``scale`` < 1
+    when the atlas would pass MAX_SIDE pixels a side and every (1/scale)-th value is kept.
+    """
+    grid = tile(quantize(values, stats), "grid", padding=0, pad_value=0, min_tile=0, max_side=MAX_SIDE)
+    geometry = {
+        "encoding": ENCODING,
+        "channels": int(values.shape[0]),
+        "columns": grid.columns,
+        "rows": grid.rows,
+        "tile": [grid.tile_height, grid.tile_width],
+        "scale": grid.scale,
+    }
+    return grid.image, geometry
+
+
+def data_script(file: str, atlas: np.ndarray) -> str:
+    """The one-line script the page loads for ``file``: the atlas as a PNG, base64.
+
+    The PNG is a palette PNG whose palette is the gray ramp, so a browser draws level q as
+    RGB (q, q, q); write.py's encoder is several times faster than Pillow's here.
+    """
+    encoded = base64.b64encode(encode_png(atlas, _GRAY_RAMP)).decode("ascii")
+    return f"fmonnxData({json.dumps(file)},\"{encoded}\");\n"
+
+
+def write_data_script(root: Path, file: str, atlas: np.ndarray) -> None:
+    """Write ``data_script(file, atlas)`` to ``root / file`` (safe to run on a worker thread)."""
+    path = root / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data_script(file, atlas), encoding="ascii")
+
+
+def write_layer_data(root: Path, file: str, values: np.ndarray, stats: ChannelStats, writer=None) -> dict:
+    """Write one layer's data script under ``root``; returns its geometry (``layer_atlas``'s, with ``file``).
+
+    With a ``writer`` (write.PictureWriter) the encoding runs on its threads; the atlas is ready at once.
+    """
+    atlas, geometry = layer_atlas(values, stats)
+    if writer is None:
+        write_data_script(root, file, atlas)
+    else:
+        writer.submit(atlas.nbytes, write_data_script, root, file, atlas)
+    return {"file": file, **geometry}
+
+
+def read_layer_data(root: str | Path, geometry: dict) -> np.ndarray:
+    """The (C, H, W) uint8 levels back from a layer's data script (``quantize``'s output, subsampled
+    when the geometry's ``scale`` < 1)."""
+    path = Path(root) / geometry["file"]
+    match = _DATA_CALL.match(path.read_text(encoding="ascii"))
+    if match is None:
+        raise FmonnxError(f"{path} is not a layer data file fmonnx wrote; render the model again")
+    with Image.open(io.BytesIO(base64.b64decode(match.group(2)))) as image:
+        atlas = np.asarray(image if image.mode in ("P", "L") else image.convert("L"), dtype=np.uint8)  # P: index = q
+    rows, columns = geometry["rows"], geometry["columns"]
+    height, width = geometry["tile"]
+    blocks = atlas.reshape(rows, height, columns, width).transpose(0, 2, 1, 3)
+    return blocks.reshape(rows * columns, height, width)[: geometry["channels"]]
+
+
+def _photo(path: str, size: list[int] | None) -> Image.Image | None:
+    """The input photo at the size fed to the model (RGB, so the page can show it as it is)."""
+    from .preprocess import load_image
+
+    try:
+        pixels = load_image(path, 3)
+    except FmonnxError as exc:
+        log.warning("input picture left out of the report: %s", exc)
+        return None
+    image = Image.fromarray(pixels, "RGB")
+    if size and (image.height, image.width) != tuple(size):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    if max(image.size) > _PHOTO_SIDE:
+        image.thumbnail((_PHOTO_SIDE, _PHOTO_SIDE), Image.Resampling.BILINEAR)
+    return image
+
+
+def _colormaps(default: str) -> dict[str, str]:
+    names = list(PAGE_CMAPS)
+    if default not in names:
+        names.insert(0, default)
+    return {name: base64.b64encode(lookup_table(name).tobytes()).decode("ascii") for name in names}
+
+
+def page_data(manifest: dict, pictures: list[str | None]) -> dict:
+    """The numbers the page needs, from the manifest: layers in graph order, and per image the
+    per-channel stats and data geometry of each layer (by name); ``pictures[i]`` is image i's photo."""
+    order: list[dict] = []
+    known: set[str] = set()
+    images = []
+    for image, picture in zip(manifest["images"], pictures):
+        layers = {}
+        for entry in image["layers"]:
+            if entry["name"] not in known:
+                known.add(entry["name"])
+                order.append({key: entry.get(key) for key in ("name", "op", "tensor", "source_layer", "shape")})
+            layers[entry["name"]] = {
+                "shape": entry["shape"],
+                "stats": entry.get("stats"),
+                "channels": entry.get("channels"),
+                "data": entry.get("report_data"),
+                "png": entry.get("png"),
+            }
+        images.append(
+            {
+                "image": image["image"],
+                "name": Path(image["image"]).name,
+                "picture": picture,
+                "input_shape": image.get("input_shape"),
+                "preprocess": image.get("preprocess"),
+                "problems": image.get("problems", []),
+                "layers": layers,
+            }
+        )
+    options = manifest.get("options", {})
+    return {
+        "model": manifest["model"],
+        "model_name": Path(manifest["model"]).name,
+        "source": manifest.get("source"),
+        "provider": manifest.get("provider"),
+        "fmonnx_version": manifest.get("fmonnx_version"),
+        "options": options,
+        "input": manifest.get("input"),
+        "seconds": manifest.get("seconds"),
+        "colormaps": _colormaps(options.get("cmap") or DEFAULT_CMAP),
+        "layers": order,
+        "images": images,
+    }
+
+
+def page_html(data: dict) -> str:
+    """index.html: the template with its CSS, JS and ``data`` inlined (one file, nothing fetched)."""
+    template = (_ASSETS / "page.html").read_text(encoding="utf-8")
+    style = (_ASSETS / "page.css").read_text(encoding="utf-8")
+    script = (_ASSETS / "page.js").read_text(encoding="utf-8")
+    # "<" escaped keeps any name (even "</script>") from closing the data block
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    parts = {
+        "{{TITLE}}": html.escape(f"fmonnx: {data['model_name']}"),
+        "{{STYLE}}": style,
+        "{{SCRIPT}}": script,
+        "{{DATA}}": payload,
+    }
+    return re.sub("|".join(map(re.escape, parts)), lambda match: parts[match.group(0)], template)
+
+
+def write_report(root: Path, manifest: dict) -> list[str]:
+    """Write the input pictures and index.html under ``root`` (the render's staging folder).
+
+    Layers' data scripts are written while rendering (``write_layer_data``, their geometry in
+    the manifest as ``report_data``). Returns the files written here, relative to ``root``.
+    """
+    written = []
+    pictures: list[str | None] = []
+    for index, image in enumerate(manifest["images"]):
+        photo = _photo(image["image"], (image.get("preprocess") or {}).get("resize"))
+        if photo is None:
+            pictures.append(None)
+            continue
+        relative = f"{REPORT_DIR}/input_{index:03d}.jpg"
+        (root / REPORT_DIR).mkdir(exist_ok=True)
+        photo.save(root / relative, format="JPEG", quality=90)
+        pictures.append(relative)
+        written.append(relative)
+    (root / INDEX).write_text(page_html(page_data(manifest, pictures)), encoding="utf-8")
+    written.append(INDEX)
+    return written

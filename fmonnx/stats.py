@@ -1,0 +1,136 @@
+"""Per-channel statistics as plain records, and the per-layer stats table.
+
+``channel_records`` turns a layer's ChannelStats into columns (one value per
+channel) for the manifest, ``layer_summary`` gives the layer's numbers,
+``layer_stats`` runs a model on one image and returns both for every shown
+layer (nothing is written), ``format_table`` lays the rows out for a terminal.
+
+Columns rather than one record per channel keep a 2048-channel layer small in
+JSON, and load straight into a table: ``pandas.DataFrame(layer["channels"])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .normalize import ChannelStats
+
+__all__ = ["CHANNEL_FIELDS", "channel_records", "layer_summary", "layer_stats", "format_table"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL_FIELDS = ("mean", "std", "min", "max", "zero_fraction")
+_DIGITS = 7  # float32 precision; more digits only make the JSON longer
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [float(f"{value:.{_DIGITS}g}") for value in values.tolist()]
+
+
+def channel_records(stats: ChannelStats) -> dict:
+    """``{field: [value per channel]}`` for CHANNEL_FIELDS, plus ``dead`` (bool per channel)."""
+    records = {name: _rounded(getattr(stats, name)) for name in CHANNEL_FIELDS}
+    records["dead"] = stats.dead.tolist()
+    return records
+
+
+def layer_summary(stats: ChannelStats) -> dict:
+    """The layer's numbers: ChannelStats.summary() plus channel count, pooled std and dead channel indices."""
+    summary = stats.summary()
+    count = int(stats.mean.size)
+    if count:
+        # every channel has H x W values, so the layer's variance pools the channels' equally
+        variance = float(np.mean(stats.std**2 + stats.mean**2) - np.mean(stats.mean) ** 2)
+        summary["std"] = float(np.sqrt(max(variance, 0.0)))
+    else:
+        summary["std"] = 0.0
+    summary["channels"] = count
+    summary["dead_indices"] = np.flatnonzero(stats.dead).tolist()
+    return summary
+
+
+def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options=None) -> dict:
+    """Run ``model_path`` on ``image``; per shown layer its summary and per-channel records.
+
+    Returns ``{"model", "image", "provider", "layers": [{"name", "op", "tensor", "shape",
+    "stats": layer_summary, "channels": channel_records}], "problems": [...]}``.
+    """
+    from .normalize import channel_stats
+    from .render import compute_activations, open_session, plan_model
+
+    plan = plan_model(model_path, options)
+    session = open_session(plan, options)
+    result = next(compute_activations(plan, [image], options, session))
+    layers = []
+    for layer in result.layers:
+        stats = channel_stats(layer.values)
+        layers.append(
+            {
+                "name": layer.named.name,
+                "op": layer.named.candidate.op,
+                "tensor": layer.named.candidate.tensor,
+                "shape": list(layer.values.shape),
+                "stats": layer_summary(stats),
+                "channels": channel_records(stats),
+            }
+        )
+    return {
+        "model": str(model_path),
+        "image": str(result.image),
+        "provider": session.get_providers()[0],
+        "preprocess": result.preprocess,
+        "layers": layers,
+        "problems": result.problems,
+    }
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _dead_note(indices: list[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    more = f", ... (+{len(indices) - limit})" if len(indices) > limit else ""
+    return f"dead: {shown}{more}"
+
+
+def format_table(layers: list[dict]) -> str:
+    """The rows of ``layer_stats(...)["layers"]`` as a text table; layers with dead channels are flagged ``!``."""
+    header = ("name", "op", "C x H x W", "mean", "std", "min", "max", "zeros", "dead")
+    rows = []
+    for layer in layers:
+        stats = layer["stats"]
+        dead = stats["dead_channels"]
+        rows.append(
+            (
+                layer["name"],
+                layer["op"],
+                "x".join(map(str, layer["shape"])),
+                _number(stats["mean"]),
+                _number(stats["std"]),
+                _number(stats["min"]),
+                _number(stats["max"]),
+                f"{stats['zero_fraction']:.1%}",
+                f"{dead}/{stats['channels']}" + (" !" if dead else ""),
+                _dead_note(stats["dead_indices"]) if dead else "",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    numeric = {3, 4, 5, 6, 7}
+
+    def line(cells) -> str:
+        parts = [
+            f"{cell:>{width}}" if index in numeric else f"{cell:<{width}}"
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ]
+        extra = f"  {cells[len(header)]}" if len(cells) > len(header) and cells[len(header)] else ""
+        return "  ".join(parts).rstrip() + extra
+
+    lines = [line(header)] + [line(row) for row in rows]
+    total = sum(layer["stats"]["dead_channels"] for layer in layers)
+    flagged = sum(1 for layer in layers if layer["stats"]["dead_channels"])
+    lines.append(f"{len(layers)} layers; {total} dead channels in {flagged} layers (constant over the whole image)")
+    return "\n".join(lines)
