@@ -222,13 +222,14 @@ def layers(model, ops, all_spatial, input_layout, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
+    kinds = [row.get("source_class") or row["op"] for row in rows]  # a Keras class reads better than Transpose
     width = max(len(row["name"]) for row in rows)
-    op_width = max(10, *(len(row["op"]) for row in rows))
-    click.echo(f"{'name':<{width}}  {'op':<{op_width}} shape (C x H x W)")
-    for row in rows:
+    kind_width = max(10, *(len(kind) for kind in kinds))
+    click.echo(f"{'name':<{width}}  {'op':<{kind_width}} shape (C x H x W)")
+    for row, kind in zip(rows, kinds):
         shape = "x".join(str(dim) if isinstance(dim, int) else "?" for dim in row["shape"]) if row["shape"] else "?"
         note = "" if row["layout_certain"] else "  (channel axis not proven)"
-        click.echo(f"{row['name']:<{width}}  {row['op']:<{op_width}} {shape}{note}")
+        click.echo(f"{row['name']:<{width}}  {kind:<{kind_width}} {shape}{note}")
 
 
 @cli.command()
@@ -256,6 +257,42 @@ def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as
         click.echo(json.dumps(result, indent=1))
         return
     click.echo(format_table(result["layers"]))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("-o", "--out", default=None, help="ONNX file to write [default: MODEL with the suffix .onnx].")
+@click.option("--opset", type=click.IntRange(min=9), default=None, help="ONNX opset [default: 17].")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Compare Keras and onnxruntime on the same random input, final outputs and every layer.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance of the check.")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance of the check.")
+@click.option("--unsafe", is_flag=True,
+              help="Allow Lambda layers. Their stored Python code RUNS while loading: only for files you trust.")
+@click.option("--force", is_flag=True, help="Overwrite the ONNX file if it exists.")
+def convert(model, out, opset, check, rtol, atol, unsafe, force):
+    """Convert a Keras MODEL (.h5 from Keras 2 or 3, .keras) to ONNX, keeping its layer names.
+
+    Needs the keras extra: pip install -e '.[keras]'. Lambda layers are refused unless --unsafe.
+    """
+    from pathlib import Path
+
+    from .convert import CheckFailedError, convert_keras, write_model
+
+    target = Path(out) if out else Path(model).with_suffix(".onnx")
+    if target.exists() and not force:  # fail before the slow conversion, not after it
+        raise FmonnxError(f"{target} already exists; pass --force to overwrite it, or choose another path with -o")
+    try:
+        result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
+    except CheckFailedError as exc:
+        click.echo(exc.report.summary(), err=True)
+        raise
+    write_model(result.model, target, force=force)
+    click.echo(f"Loaded {model} with {result.loader} (saved by Keras {result.keras_version}); "
+               f"{len(result.layers)} layers with 4-D outputs")
+    if result.check is not None:
+        click.echo(result.check.summary())
+    click.echo(f"Wrote {target} in {result.seconds:.1f} s")
 
 
 def main() -> None:

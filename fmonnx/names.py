@@ -41,13 +41,15 @@ _PLUMBING_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze"
 
 @dataclass(frozen=True)
 class NamedTensor:
-    """A candidate with its display name, the framework layer it came from, and
-    ``layer_output`` (True/False when a converter said, None when unknown)."""
+    """A candidate with its display name, the framework layer it came from,
+    ``layer_output`` (True/False when a converter said, None when unknown) and
+    the layer's class when a converter recorded it (``Conv2D``)."""
 
     candidate: Candidate
     name: str
     source_layer: str
     layer_output: bool | None
+    source_class: str | None = None
 
 
 def read_layer_metadata(model: onnx.ModelProto) -> list[dict]:
@@ -118,10 +120,13 @@ def source_layer_name(node: onnx.NodeProto, tensor: str, producer: str) -> str:
 def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[NamedTensor]:
     """Give every candidate a unique display name and its source layer."""
     by_tensor = {}
+    classes = {}
     for record in read_layer_metadata(model):
         by_tensor[record["output"]] = (record["layer"], True)
         for inner in record.get("inner", []):
             by_tensor.setdefault(inner, (record["layer"], False))
+        if record.get("class"):
+            classes[record["layer"]] = str(record["class"])
     producer = model.producer_name or ""
     layer_of: list[tuple[str, bool | None]] = []
     for candidate in candidates:
@@ -148,7 +153,7 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
         names.append(layer if owns_name else f"{layer}/{candidates[index].op}")
     names = _deduplicate(names)
     return [
-        NamedTensor(candidate, name, layer, is_output)
+        NamedTensor(candidate, name, layer, is_output, classes.get(layer) if is_output else None)
         for candidate, name, (layer, is_output) in zip(candidates, names, layer_of)
     ]
 

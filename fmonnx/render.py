@@ -26,6 +26,7 @@ from .colormap import BACKGROUND, DEFAULT_CMAP, lookup_table, to_palette_indices
 from .errors import ImageError, ModelError
 from .expose import DEFAULT_OPS, exposed_suffix, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
+from .keras_input import conversion_record, onnx_path_for
 from .load import LoadedModel, load_model
 from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
 from .normalize import CHUNK_VALUES, DEFAULT_METHOD, ChannelStats, channel_stats, normalize
@@ -196,7 +197,7 @@ def _source(loaded: LoadedModel) -> dict:
 def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
     """Load a model and decide what to show: names, layouts, the input to feed."""
     options = options or RenderOptions()
-    loaded = load_model(model_path)
+    loaded = load_model(onnx_path_for(model_path))
     types = infer_types(loaded.model)
     spec = _image_input(loaded, types)
     input_layout = detect_input_layout(spec.shape, options.input_layout)
@@ -207,8 +208,8 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
             f"{input_layout.channel_axis}; images have 1, 3 or 4 (pass --input-layout if the axis is wrong)"
         )
     records = read_layer_metadata(loaded.model)
-    recorded = tuple(
-        name for record in records for name in (record["output"], *record.get("inner", []))
+    recorded = tuple(  # in layer order; a layer's inner tensors (its pre-activation Conv) before its output
+        name for record in records for name in (*record.get("inner", []), record["output"])
     )
     ops = options.ops if options.ops is not None else (() if recorded else DEFAULT_OPS)
     candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
@@ -216,8 +217,16 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         order = {name: index for index, name in enumerate(recorded)}
         candidates.sort(key=lambda c: order.get(c.tensor, len(order)))
     layouts = channel_axes(loaded.model, types, input_layout)
+    for record in records:  # the converter knows each Keras layer output's layout, even past a Reshape
+        axis = {"NCHW": 1, "NHWC": 3}.get(record.get("layout"))
+        if axis is not None:
+            layouts[record["output"]] = Layout(axis, True)
     named = name_tensors(loaded.model, candidates)
-    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, _source(loaded))
+    source = _source(loaded)
+    converted = conversion_record(model_path)
+    if converted:
+        source = {**source, **converted}
+    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source)
 
 
 _SMALL_INITIALIZER = 64  # elements; shape inference reads small integer initializers' values
@@ -263,6 +272,10 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
                 "layout_certain": layout.certain,
             }
         )
+        if named.layer_output is not None:
+            rows[-1]["layer_output"] = named.layer_output
+        if named.source_class:
+            rows[-1]["source_class"] = named.source_class
     return rows
 
 
@@ -741,6 +754,8 @@ def _write_layer(
         entry["selection"] = describe_selection(shown, count, options.max_channels, options.top)
     if named.layer_output is not None:
         entry["layer_output"] = named.layer_output
+    if named.source_class:
+        entry["source_class"] = named.source_class
     if options.report:
         entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats, writer)
         files.append(entry["report_data"]["file"])
