@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["CACHE", "TUTORIAL", "resnet50", "fully_convolutional"]
+__all__ = ["CACHE", "TUTORIAL", "build_resnet50", "resnet50", "fully_convolutional"]
 
 CACHE = Path(__file__).parent / ".cache"
 TUTORIAL = Path(__file__).parent.parent / "models" / "tutorial_cnn.onnx"
@@ -97,7 +97,7 @@ def _cached(name: str, build) -> Path:
     return path
 
 
-def _build_resnet50() -> onnx.ModelProto:
+def build_resnet50() -> onnx.ModelProto:
     builder = _Builder()
     x, channels = _body(builder, "input")
     pooled = builder.op("GlobalAveragePool", "avgpool", [x])
@@ -128,7 +128,7 @@ def _build_fully_convolutional() -> onnx.ModelProto:
 
 def resnet50() -> Path:
     """Path of the cached ResNet-50 (about 100 MB), built on first use."""
-    return _cached("resnet50.onnx", _build_resnet50)
+    return _cached("resnet50.onnx", build_resnet50)
 
 
 def fully_convolutional() -> Path:

@@ -184,3 +184,29 @@ def test_several_images_hide_dead_and_top_images(open_page, copy_model_path, wri
     assert [caption.split(" ·")[0] for caption in ranked] == ["b.png", "a.png"]  # b is brighter in red
     assert detail.locator(".channel-row").count() == 2
     assert opened.problems == []
+
+
+def test_resnet50_page_shows_every_layer_and_a_2048_channel_layer(open_page, tmp_path):
+    """The benchmark's ResNet-50 (random weights, built in a second): 103 layers, up to 2048 channels."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import models as benchmark_models
+
+    path = tmp_path / "resnet50.onnx"
+    path.write_bytes(benchmark_models.build_resnet50().SerializeToString())
+    result = render(path, None, tmp_path / "maps", RenderOptions(preprocess="imagenet"))
+    layers = result.manifest["images"][0]["layers"]
+    assert len(layers) == 103 and max(layer["shape"][0] for layer in layers) == 2048
+    opened = open_page(result.index)
+    page = opened.page
+    assert page.locator("section.layer").count() == 103
+    widest = max(range(len(layers)), key=lambda index: layers[index]["shape"][0])
+    for index in (0, widest, len(layers) - 1):
+        wait_drawn(page, index)
+    click_channel(page, widest, column=5)
+    detail = page.locator("#detail")
+    detail.wait_for()
+    assert detail.get_attribute("data-layer") == layers[widest]["name"]
+    assert detail.get_attribute("data-channel") == "5"
+    assert opened.problems == []
