@@ -25,8 +25,8 @@ from . import __version__
 from .colormap import BACKGROUND, DEFAULT_CMAP, lookup_table, to_palette_indices
 from .errors import ImageError, ModelError
 from .expose import DEFAULT_OPS, exposed_suffix, find_candidates
-from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
 from .keras_input import conversion_record, onnx_path_for
+from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
 from .load import LoadedModel, load_model
 from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
 from .normalize import CHUNK_VALUES, DEFAULT_METHOD, ChannelStats, channel_stats, normalize
@@ -44,15 +44,16 @@ from .passes import (
     write_pieces,
 )
 from .preprocess import DEFAULT_PRESET, InputSpec, expand_image_paths, load_image, prepare_input
-from .report import data_file, write_layer_data, write_report
+from .report import data_file, write_layer_data, write_photo, write_report
 from .result import RenderResult
 from .run import create_session, run_session
 from .select import check_selection, describe_selection, select_channels
 from .shapes import TensorType, infer_types
-from .stats import channel_records, layer_summary
+from .stats import channel_columns, layer_summary
 from .tile import DEFAULT_LAYOUT, Grid, plan_grid, tile
 from .write import (
     PictureWriter,
+    Spill,
     default_jobs,
     file_stem,
     staged_output,
@@ -604,13 +605,17 @@ def render(
     folders = _image_folders(image_paths)
     files: list[str] = []
     entries = []
-    with staged_output(out) as staging:
+    photos = []  # futures of the report's input pictures
+    with staged_output(out) as staging, Spill(staging) as spill:
         with PictureWriter(options.jobs) as writer:
             # image i is drawn on the writer's threads while image i + 1 runs through the model
             pending = None
             # in passes, what a pass gave is drawn before the next runs (writer.drain)
             for folder, result in zip(folders, _compute(plan, image_paths, options, runner, writer.drain)):
-                job = _start_image(staging, folder, result, options, writer)
+                if options.report:
+                    size = result.preprocess.get("resize")
+                    photos.append(writer.submit(0, write_photo, staging, len(photos), result.image, size))
+                job = _start_image(staging, folder, result, options, writer, spill)
                 if pending is not None:
                     entries.append(_finish_image(pending, plan.input_layout, options, files, writer))
                     if progress is not None:
@@ -642,10 +647,13 @@ def render(
         }
         manifest["seconds"]["total"] = time.perf_counter() - started
         if options.report:
-            files.extend(write_report(staging, manifest))
+            files.extend(write_report(staging, manifest, [photo.result() for photo in photos]))
             manifest["seconds"]["total"] = time.perf_counter() - started
         write_manifest(staging, manifest)
-    return RenderResult(manifest, Path(out))
+    for image in manifest["images"]:  # their per-channel columns are in manifest.json, read when asked for
+        for layer in image["layers"]:
+            del layer["channels"]
+    return RenderResult(None, Path(out), outline=manifest)
 
 
 _last_model: list = []  # [(key, plan, runner)]: the model of the last render, kept for the next
@@ -699,16 +707,17 @@ class _ImageJob:
     target: Path
     prefix: str
     started: float
-    layers: list  # futures of (entry, files, overview row), in layer order
+    spill: Spill  # where the per-channel columns wait for the manifest
+    layers: list  # futures of (entry, files, overview row, channel stats), in layer order
 
 
 def _start_image(
-    staging: Path, folder: str, result: ImageActivations, options: RenderOptions, writer: PictureWriter
+    staging: Path, folder: str, result: ImageActivations, options: RenderOptions, writer: PictureWriter, spill: Spill
 ) -> _ImageJob:
     """Hand each layer of ``result`` to the writer's threads (numpy and zlib release the GIL)."""
     target = staging / folder
     target.mkdir(exist_ok=True)
-    job = _ImageJob(result, folder, target, f"{folder}/" if folder else "", time.perf_counter(), [])
+    job = _ImageJob(result, folder, target, f"{folder}/" if folder else "", time.perf_counter(), spill, [])
     for index, layer in enumerate(_consume(result.layers)):
         job.layers.append(writer.submit(layer.values.nbytes, _write_layer, staging, job, index, layer, options))
         del layer  # the task holds the array now; it is freed once drawn
@@ -717,8 +726,8 @@ def _start_image(
 
 def _write_layer(
     staging: Path, job: _ImageJob, index: int, layer: LayerActivation, options: RenderOptions
-) -> tuple[dict, list[str], tuple]:
-    """Draw and write one layer (on a writer thread): its manifest entry, files and overview row."""
+) -> tuple[dict, list[str], tuple, ChannelStats]:
+    """Draw and write one layer (on a writer thread): its manifest entry, files, overview row and stats."""
     folder, target, prefix = job.folder, job.target, job.prefix
     files: list[str] = []
     writer = None  # already on a writer thread: write here
@@ -746,7 +755,7 @@ def _write_layer(
         "layout_certain": layer.layout.certain,
         "dead_channels": int(stats.dead.sum()),
         "stats": layer_summary(stats),
-        "channels": channel_records(stats),
+        "channels": None,  # filled in by _spill_channels, with the image's other layers
         "grid": grid_record,
         "png": f"{prefix}{stem}.png",
     }
@@ -765,7 +774,16 @@ def _write_layer(
         entry["array"] = f"{prefix}{stem}.npy"
     first = shown[:_OVERVIEW_CHANNELS] if shown is not None else slice(0, _OVERVIEW_CHANNELS)
     overview = (named.name, count, to_palette_indices(normalize(layer.values, options.normalization, stats, first)))
-    return entry, files, overview
+    return entry, files, overview, stats
+
+
+def _spill_channels(spill: Spill, layers: list[tuple[dict, ChannelStats]]) -> None:
+    """Fill each entry's ``channels`` with its per-channel columns, as JSON text kept in ``spill``
+    (on a writer thread: one image's layers formatted together, see stats.channel_columns)."""
+    columns = channel_columns([stats for _, stats in layers])
+    handles = iter(spill.put([text for layer in columns for text in layer.values()]))
+    for (entry, _), layer in zip(layers, columns):
+        entry["channels"] = {field: next(handles) for field in layer}
 
 
 def _finish_image(job: _ImageJob, input_layout: Layout, options: RenderOptions, files: list[str],
@@ -774,12 +792,17 @@ def _finish_image(job: _ImageJob, input_layout: Layout, options: RenderOptions, 
     result, target, prefix = job.result, job.target, job.prefix
     layers = []
     overview_rows = []
+    measured = []
     for future in job.layers:
-        entry, layer_files, overview = future.result()
+        entry, layer_files, overview, stats = future.result()
         layers.append(entry)
         files.extend(layer_files)
         overview_rows.append(overview)
+        measured.append((entry, stats))
     job.layers.clear()
+    if measured:
+        size = sum(stats.mean.nbytes * 6 for _, stats in measured)
+        writer.submit(size, _spill_channels, job.spill, measured)
     image_entry = {
         "image": str(result.image),
         "input_shape": list(result.input_tensor.shape),

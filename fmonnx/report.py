@@ -14,8 +14,9 @@ as every variant:
   ``fmonnxData("<file>", "<png>")``. A page opened from disk
   may not fetch() files or read pixels of a PNG loaded by path, but it may
   load a script and read a data: URL image.
-- ``write_report``: the resized input photos and ``index.html`` (the page's
-  HTML, CSS and JS from ``report_assets/`` with the render's numbers inlined).
+- ``write_photo``: an input photo at the size the model was fed (written
+  while rendering); ``write_report``: ``index.html`` (the page's HTML, CSS and
+  JS from ``report_assets/`` with the render's numbers inlined).
 
 Everything the page loads sits under ``report/`` beside ``index.html``;
 nothing comes from the network.
@@ -38,7 +39,7 @@ from .colormap import DEFAULT_CMAP, lookup_table
 from .errors import FmonnxError
 from .normalize import ChannelStats
 from .tile import MAX_SIDE, tile
-from .write import encode_png
+from .write import encode_png, json_pieces
 
 __all__ = [
     "INDEX",
@@ -54,6 +55,7 @@ __all__ = [
     "read_layer_data",
     "page_data",
     "page_html",
+    "write_photo",
     "write_report",
 ]
 
@@ -73,21 +75,28 @@ _DATA_CALL = re.compile(r'^fmonnxData\("([^"]*)","([A-Za-z0-9+/=]*)"\);\s*$')
 def quantize(values: np.ndarray, stats: ChannelStats) -> np.ndarray:
     """(C, H, W) float -> (C, H, W) uint8: ``round((x - min_c) / (max_c - min_c) * 255)`` per channel.
 
-    Non-finite values count as 0 (as in ChannelStats); a constant channel becomes all 0.
+    ``stats``: ``channel_stats(values)``. Non-finite values count as 0 (as in ChannelStats); a
+    constant channel becomes all 0.
     """
     count = values.shape[0]
     low = stats.min.astype(np.float32)
     span = (stats.max - stats.min).astype(np.float32)
-    factor = np.where(span > 0, np.float32(255) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    with np.errstate(over="ignore"):
+        factor = np.where(span > 0, np.float32(255) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    # 255 / a subnormal span overflows; the largest float32 still maps the span to at most 255
+    np.minimum(factor, np.finfo(np.float32).max, out=factor)
     result = np.empty(values.shape, dtype=np.uint8)
     per_channel = max(1, int(np.prod(values.shape[1:])))
     step = max(1, _CHUNK // per_channel)
     for start in range(0, count, step):
         block = np.asarray(values[start : start + step], dtype=np.float32)
-        if not np.isfinite(block).all():
+        if stats.nonfinite and not np.isfinite(block).all():
             block = np.where(np.isfinite(block), block, np.float32(0))
-        scaled = (block - low[start : start + step, None, None]) * factor[start : start + step, None, None]
-        result[start : start + step] = np.clip(scaled + np.float32(0.5), 0, 255).astype(np.uint8)
+        scaled = np.subtract(block, low[start : start + step, None, None])
+        scaled *= factor[start : start + step, None, None]
+        scaled += np.float32(0.5)
+        # min <= x <= max, so 0.5 <= scaled <= 255.5 (a rounding above it stays below 256): no clip
+        result[start : start + step] = scaled
     return result
 
 
@@ -127,15 +136,21 @@ def data_script(file: str, atlas: np.ndarray) -> str:
     The PNG is a palette PNG whose palette is the gray ramp, so a browser draws level q as
     RGB (q, q, q); write.py's encoder is several times faster than Pillow's here.
     """
-    encoded = base64.b64encode(encode_png(atlas, _GRAY_RAMP)).decode("ascii")
-    return f"fmonnxData({json.dumps(file)},\"{encoded}\");\n"
+    return b"".join(_data_script_parts(file, atlas)).decode("ascii")
+
+
+def _data_script_parts(file: str, atlas: np.ndarray) -> list[bytes]:
+    # bytes in parts: the base64 text (most of a layer's data) is written as it is, never copied
+    encoded = base64.b64encode(encode_png(atlas, _GRAY_RAMP))
+    return [b"fmonnxData(", json.dumps(file).encode("ascii"), b',"', encoded, b'");\n']
 
 
 def write_data_script(root: Path, file: str, atlas: np.ndarray) -> None:
     """Write ``data_script(file, atlas)`` to ``root / file`` (safe to run on a worker thread)."""
     path = root / file
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(data_script(file, atlas), encoding="ascii")
+    with open(path, "wb") as script:
+        script.writelines(_data_script_parts(file, atlas))
 
 
 def write_layer_data(root: Path, file: str, values: np.ndarray, stats: ChannelStats, writer=None) -> dict:
@@ -238,38 +253,53 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
 
 def page_html(data: dict) -> str:
     """index.html: the template with its CSS, JS and ``data`` inlined (one file, nothing fetched)."""
+    return "".join(_page_pieces(data))
+
+
+def _page_pieces(data: dict):
+    """``page_html``'s text in pieces; ``data``'s spilled per-channel lists are read one at a time."""
     template = (_ASSETS / "page.html").read_text(encoding="utf-8")
-    style = (_ASSETS / "page.css").read_text(encoding="utf-8")
-    script = (_ASSETS / "page.js").read_text(encoding="utf-8")
-    # "<" escaped keeps any name (even "</script>") from closing the data block
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     parts = {
-        "{{TITLE}}": html.escape(f"fmonnx: {data['model_name']}"),
-        "{{STYLE}}": style,
-        "{{SCRIPT}}": script,
-        "{{DATA}}": payload,
+        "{{TITLE}}": lambda: [html.escape(f"fmonnx: {data['model_name']}")],
+        "{{STYLE}}": lambda: [(_ASSETS / "page.css").read_text(encoding="utf-8")],
+        "{{SCRIPT}}": lambda: [(_ASSETS / "page.js").read_text(encoding="utf-8")],
+        # "<" escaped keeps any name (even "</script>") from closing the data block
+        "{{DATA}}": lambda: (piece.replace("<", "\\u003c") for piece in json_pieces(data, indent=None, compact=True)),
     }
-    return re.sub("|".join(map(re.escape, parts)), lambda match: parts[match.group(0)], template)
+    at = 0
+    for match in re.finditer("|".join(map(re.escape, parts)), template):
+        yield template[at : match.start()]
+        yield from parts[match.group(0)]()
+        at = match.end()
+    yield template[at:]
 
 
-def write_report(root: Path, manifest: dict) -> list[str]:
+def write_photo(root: Path, index: int, image: str | Path, size: list[int] | None) -> str | None:
+    """Write image ``index``'s input picture, at the size fed to the model, for the page (safe on a
+    worker thread); its path relative to ``root``, or None when it cannot be read."""
+    photo = _photo(str(image), size)
+    if photo is None:
+        return None
+    relative = f"{REPORT_DIR}/input_{index:03d}.jpg"
+    (root / REPORT_DIR).mkdir(exist_ok=True)
+    photo.save(root / relative, format="JPEG", quality=90)
+    return relative
+
+
+def write_report(root: Path, manifest: dict, pictures: list[str | None] | None = None) -> list[str]:
     """Write the input pictures and index.html under ``root`` (the render's staging folder).
 
     Layers' data scripts are written while rendering (``write_layer_data``, their geometry in
-    the manifest as ``report_data``). Returns the files written here, relative to ``root``.
+    the manifest as ``report_data``); so may the pictures be (``write_photo``, their paths in
+    ``pictures``). Returns the files written here, relative to ``root``.
     """
-    written = []
-    pictures: list[str | None] = []
-    for index, image in enumerate(manifest["images"]):
-        photo = _photo(image["image"], (image.get("preprocess") or {}).get("resize"))
-        if photo is None:
-            pictures.append(None)
-            continue
-        relative = f"{REPORT_DIR}/input_{index:03d}.jpg"
-        (root / REPORT_DIR).mkdir(exist_ok=True)
-        photo.save(root / relative, format="JPEG", quality=90)
-        pictures.append(relative)
-        written.append(relative)
-    (root / INDEX).write_text(page_html(page_data(manifest, pictures)), encoding="utf-8")
+    if pictures is None:
+        pictures = [
+            write_photo(root, index, image["image"], (image.get("preprocess") or {}).get("resize"))
+            for index, image in enumerate(manifest["images"])
+        ]
+    written = [picture for picture in pictures if picture is not None]
+    with open(root / INDEX, "w", encoding="utf-8") as page:
+        page.writelines(_page_pieces(page_data(manifest, pictures)))
     written.append(INDEX)
     return written

@@ -1,6 +1,9 @@
 """What ``render`` returns: the manifest and its folder, with ways to look at them.
 
-``RenderResult.manifest`` is the dict written to manifest.json. In Jupyter the
+``RenderResult.manifest`` is the dict written to manifest.json; ``render`` does
+not keep every image's per-channel numbers in memory, so it is read from the
+folder the first time it is asked for. ``outline`` is the manifest without the
+per-channel columns, held in memory, enough for a summary. In Jupyter the
 result shows itself (``_repr_html_``: layers, their grids, dead channels, a
 link to index.html); ``plot_layer`` draws one layer as a matplotlib figure
 and ``maps`` gives its (C, H, W) float32 values to keep computing with.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -31,27 +35,54 @@ class RenderResult:
     """A finished render: ``manifest`` (the manifest.json dict) and ``folder`` (where it was written).
 
     ``result["images"]`` reads the manifest too, so code written for the dict keeps working.
+    With ``manifest`` None it is read from ``folder`` when first used; ``outline`` (the manifest
+    less each layer's ``channels``) then serves the summary views meanwhile.
     """
 
-    def __init__(self, manifest: dict, folder: str | Path):
-        self.manifest = manifest
+    def __init__(self, manifest: dict | None, folder: str | Path, outline: dict | None = None):
+        if manifest is None and outline is None:
+            raise ValueError("RenderResult needs a manifest or an outline")
+        self._manifest = manifest
         self.folder = Path(folder)
+        self._outline = outline
+
+    @property
+    def manifest(self) -> dict:
+        """What manifest.json holds (read from the folder on first use when the render did not keep it)."""
+        if self._manifest is None:
+            path = self.folder / "manifest.json"
+            try:
+                self._manifest = json.loads(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise FmonnxError(
+                    f"cannot read {path} ({exc.strerror or exc}); the render's folder was moved or deleted: "
+                    "render again"
+                ) from None
+            self._outline = None
+        return self._manifest
+
+    @property
+    def outline(self) -> dict:
+        """The manifest without the per-channel columns (each layer's ``channels``): model, images,
+        layers with their summaries, files; kept from the render, so reading it costs nothing."""
+        return self._outline if self._outline is not None else self.manifest
 
     def __getitem__(self, key: str):
         return self.manifest[key]
 
     def __repr__(self) -> str:
-        layers = len(self.manifest["images"][0]["layers"]) if self.manifest["images"] else 0
+        outline = self.outline
+        layers = len(outline["images"][0]["layers"]) if outline["images"] else 0
         return (
-            f"<RenderResult {Path(self.manifest['model']).name}: {layers} layers, "
-            f"{len(self.manifest['images'])} image(s) in {self.folder}>"
+            f"<RenderResult {Path(outline['model']).name}: {layers} layers, "
+            f"{len(outline['images'])} image(s) in {self.folder}>"
         )
 
     @property
     def index(self) -> Path | None:
         """The report page, when it was written."""
         page = self.folder / "index.html"
-        return page if "index.html" in self.manifest.get("files", []) else None
+        return page if "index.html" in self.outline.get("files", []) else None
 
     def layers(self, image: int = 0) -> list[dict]:
         """The manifest entries of image ``image``'s layers, in graph order."""
@@ -155,7 +186,7 @@ class RenderResult:
         return f'<img src="data:image/jpeg;base64,{encoded}" title="{title}" style="margin-right:4px">'
 
     def _repr_html_(self) -> str:
-        manifest = self.manifest
+        manifest = self.outline
         images = manifest["images"][:_THUMB_IMAGES]
         source = manifest.get("source") or {}
         seconds = (manifest.get("seconds") or {}).get("total")

@@ -13,6 +13,12 @@ With the ``isal`` package (Intel ISA-L, a dependency) its deflate is
 used instead: 3.7x faster again, files of the same size.
 ``PictureWriter`` encodes on worker threads (zlib releases the GIL), so
 encoding overlaps drawing and the next image's inference.
+
+Per-channel numbers are JSON text put aside in a ``Spill`` (a scratch file in
+the staging folder) while rendering and read back one list at a time when
+the manifest and the page are written (``json_pieces``), so they do not pile
+up in memory image after image (a ResNet-50: 2.7 MB of text an image, 12 MB
+as Python lists of floats).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import struct
 import tempfile
 import threading
 import zlib
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +55,9 @@ __all__ = [
     "write_array",
     "write_manifest",
     "manifest_json",
+    "json_pieces",
+    "Spill",
+    "Spilled",
     "file_stem",
     "titled",
     "MANIFEST",
@@ -106,11 +117,12 @@ def titled(picture: np.ndarray, title: str) -> np.ndarray:
     return result
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+def _chunk(kind: bytes, data: bytes) -> list[bytes]:
+    # parts, not one bytes: the image data is copied once, when the whole file is joined
+    return [struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))]
 
 
-def _text_chunk(key: str, text: str) -> bytes:
+def _text_chunk(key: str, text: str) -> list[bytes]:
     try:
         return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1"))
     except UnicodeEncodeError:  # PNG tEXt is Latin-1; iTXt carries UTF-8
@@ -154,10 +166,10 @@ def encode_png(indices: np.ndarray, palette_bytes: bytes, title: str | None = No
     height, width = indices.shape
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)  # 8 bits, palette, deflate, adaptive, none
     data = _deflate(_filtered_rows(indices))
-    parts = [_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"PLTE", palette_bytes)]
+    parts = [_PNG_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"PLTE", palette_bytes)]
     if title:
-        parts.append(_text_chunk("Title", title))
-    parts += [_chunk(b"IDAT", data), _chunk(b"IEND", b"")]
+        parts += _text_chunk("Title", title)
+    parts += [*_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]
     return b"".join(parts)
 
 
@@ -169,6 +181,10 @@ def write_picture(path: Path, indices: np.ndarray, cmap: str, title: str | None 
 def default_jobs(jobs: int | None = None) -> int:
     """Threads that draw and encode: ``jobs``, else the cores, at most 4."""
     return jobs or min(4, os.cpu_count() or 1)
+
+
+def _succeeded(future: Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 class PictureWriter:
@@ -185,7 +201,7 @@ class PictureWriter:
         self._backlog = backlog
         self._pending = 0
         self._ready = threading.Condition()
-        self._futures: list[Future] = []
+        self._futures: deque[Future] = deque()
 
     def submit(self, size: int, function, *args) -> Future:
         """Run ``function(*args)`` on a worker, counting ``size`` bytes against the backlog until it ends."""
@@ -194,6 +210,10 @@ class PictureWriter:
             self._pending += size
         future = self._pool.submit(function, *args)
         future.add_done_callback(lambda _: self._release(size))
+        # a finished future holds its result (a layer's overview row, its manifest entry): drop those
+        # that succeeded, oldest first, or every image's would stay in memory until close
+        while self._futures and _succeeded(self._futures[0]):
+            self._futures.popleft()
         self._futures.append(future)
         return future
 
@@ -233,37 +253,152 @@ def write_array(path: Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array))
 
 
+class Spill:
+    """An append-only scratch file of JSON texts: ``put`` stores some and returns their ``Spilled`` handles.
+
+    Safe to ``put`` from several threads. ``close`` deletes the file; use as a context manager.
+    """
+
+    NAME = ".fmonnx-spill"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self._file = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
+        self._lock = threading.Lock()
+        self._size = 0
+
+    def put(self, texts: list[str]) -> list[Spilled]:
+        """Store ``texts`` (in one write); their handles, in order."""
+        data = [text.encode("utf-8") for text in texts]
+        with self._lock:
+            offset = self._size
+            self._file.write(b"".join(data))
+            self._size += sum(map(len, data))
+        handles = []
+        for item in data:
+            handles.append(Spilled(self, offset, len(item)))
+            offset += len(item)
+        return handles
+
+    def read(self, spilled: Spilled) -> str:
+        with self._lock:
+            self._file.flush()
+            data = os.pread(self._file.fileno(), spilled.length, spilled.offset)
+        return data.decode("utf-8")
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Spilled:
+    """A JSON array of numbers or booleans kept in a ``Spill``; ``json_pieces`` writes it in place."""
+
+    spill: Spill
+    offset: int
+    length: int
+
+    def text(self) -> str:
+        return self.spill.read(self)
+
+
 def _is_flat_list(value) -> bool:
     # the first item decides: manifests hold lists of records or lists of plain values, not mixtures
     return isinstance(value, list) and bool(value) and not isinstance(value[0], (dict, list))
 
 
-def manifest_json(manifest: dict) -> str:
-    """The manifest as JSON: indented structure, each list of plain values on one line.
+def json_pieces(value, indent: int | None = 1, compact: bool = False):
+    """The JSON text of ``value``, in pieces to write one after the other (an iterator of str).
 
-    A ResNet-50's per-channel lists hold 250,000 numbers: one per line they make
-    300,000 lines, and json's indenting encoder (pure Python) takes 0.5 s on them.
-    Flat lists go through the C encoder instead, each on one line.
+    ``Spilled`` values are read back one at a time, so the whole text is never in memory.
+    With ``indent``, the structure is indented and each list of plain values is on one line:
+    a ResNet-50's per-channel lists hold 250,000 numbers, one per line they make 300,000
+    lines, and json's indenting encoder (pure Python) takes 0.5 s on them; flat lists go
+    through the C encoder instead. ``compact``: no spaces at all (``separators=(",", ":")``).
     """
-    lists: list[str] = []
-    marker = f"@fmonnx-list-{os.getpid()}-{id(lists)}-"
+    parts: list = []
+    marker = f"@fmonnx-part-{os.getpid()}-{id(parts)}-"
 
-    def swap(value):
-        if _is_flat_list(value):
-            lists.append(json.dumps(value, allow_nan=False))
-            return f"{marker}{len(lists) - 1}@"
-        if isinstance(value, dict):
-            return {key: swap(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [swap(item) for item in value]
-        return value
+    def swap(item):
+        if isinstance(item, Spilled) or (indent is not None and _is_flat_list(item)):
+            parts.append(item)
+            return f"{marker}{len(parts) - 1}@"
+        if isinstance(item, dict):
+            return {key: swap(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [swap(inner) for inner in item]
+        return item
 
-    text = json.dumps(swap(manifest), indent=1, allow_nan=False)
-    return re.sub(f'"{re.escape(marker)}(\\d+)@"', lambda match: lists[int(match.group(1))], text)
+    separators = (",", ":") if compact else None
+    swapped = swap(value)
+    if indent is None:  # the C encoder, in one piece
+        chunks = [json.dumps(swapped, separators=separators, allow_nan=False)]
+    else:  # the indenting encoder is Python's anyway: its chunks are written as they come, not joined
+        chunks = json.JSONEncoder(indent=indent, separators=separators, allow_nan=False).iterencode(swapped)
+    pattern = re.compile(f'"{re.escape(marker)}(\\d+)@"')
+    batch: list[str] = []
+    for chunk in chunks:
+        if marker not in chunk:
+            batch.append(chunk)
+            if len(batch) >= 4096:
+                yield "".join(batch)
+                batch.clear()
+            continue
+        at = 0
+        for match in pattern.finditer(chunk):
+            batch.append(chunk[at : match.start()])
+            yield "".join(batch)
+            batch.clear()
+            part = parts[int(match.group(1))]
+            if isinstance(part, Spilled):
+                # numbers and booleans only: every ", " in it is json.dumps's separator
+                yield part.text().replace(", ", ",") if compact else part.text()
+            else:
+                yield json.dumps(part, separators=separators, allow_nan=False)
+            at = match.end()
+        batch.append(chunk[at:])
+    yield "".join(batch)
+
+
+def manifest_json(manifest: dict) -> str:
+    """The manifest as JSON: indented structure, each list of plain values on one line (``json_pieces``)."""
+    return "".join(json_pieces(manifest, indent=1))
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / MANIFEST).write_text(manifest_json(manifest) + "\n")
+    with open(folder / MANIFEST, "w", encoding="utf-8") as file:
+        file.writelines(json_pieces(manifest, indent=1))
+        file.write("\n")
+
+
+_TOP_LEVEL = re.compile(r'^ "(files|fmonnx_version)": (.*?),?$')
+
+
+def _manifest_files(path: Path) -> tuple[bool, list]:
+    """Whether ``path`` is a manifest fmonnx wrote, and the files it lists.
+
+    ``write_manifest`` puts each top-level key on a line of its own, indented by one space (a list
+    of file names on one line), so those two lines are read without parsing every image's
+    per-channel numbers (hundreds of MB for many images); any other layout is parsed whole.
+    """
+    found = {}
+    with open(path, encoding="utf-8") as file:
+        if file.readline().rstrip("\n") == "{":
+            for line in file:
+                match = _TOP_LEVEL.match(line)
+                if match:
+                    found[match.group(1)] = json.loads(match.group(2))
+    if "files" not in found:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return "fmonnx_version" in manifest, manifest["files"]
+    return "fmonnx_version" in found, found["files"]
 
 
 def _replaceable(target: Path) -> None:
@@ -271,11 +406,9 @@ def _replaceable(target: Path) -> None:
     entries = [p for p in target.rglob("*") if p.is_file() or p.is_symlink()]
     if not entries:
         return
-    manifest_path = target / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text())
-        listed = set(manifest["files"]) | {MANIFEST}
-        ok = "fmonnx_version" in manifest
+        ok, files = _manifest_files(target / MANIFEST)
+        listed = set(files) | {MANIFEST}
     except (OSError, ValueError, KeyError, TypeError):
         ok, listed = False, set()
     foreign = [p for p in entries if p.relative_to(target).as_posix() not in listed]

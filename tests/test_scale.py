@@ -21,7 +21,7 @@ from fmonnx.passes import NodeSketch, memory_bound, plan_passes, tensor_bytes
 from fmonnx.render import RenderOptions, activations, compute_activations, plan_model, render
 from fmonnx.shapes import TensorType
 from fmonnx.tile import tile
-from fmonnx.write import encode_png, manifest_json
+from fmonnx.write import PictureWriter, Spill, encode_png, json_pieces, manifest_json
 
 MIB = 2**20
 
@@ -341,3 +341,52 @@ def test_manifest_json_puts_flat_lists_on_one_line():
     text = manifest_json(manifest)
     assert json.loads(text) == manifest
     assert '"a": [1, 2.5, null, true]' in text
+
+
+def test_spilled_lists_are_written_in_place(tmp_path):
+    with Spill(tmp_path) as spill:
+        numbers, flags = spill.put(["[0.5, 1e-05]", "[true, false]"])
+        manifest = {"a": {"mean": numbers, "dead": flags}, "b": [1, 2], "c": "x, y"}
+        text = manifest_json(manifest)
+        assert json.loads(text) == {"a": {"mean": [0.5, 1e-05], "dead": [True, False]}, "b": [1, 2], "c": "x, y"}
+        assert '"mean": [0.5, 1e-05]' in text
+        compact = "".join(json_pieces(manifest, indent=None, compact=True))
+        assert compact == '{"a":{"mean":[0.5,1e-05],"dead":[true,false]},"b":[1,2],"c":"x, y"}'
+    assert not (tmp_path / Spill.NAME).exists()
+
+
+def test_the_writer_keeps_no_finished_results():
+    with PictureWriter(jobs=1) as writer:
+        first = writer.submit(1, lambda: np.zeros(10**6))
+        first.result()
+        writer.submit(1, lambda: None).result()
+        assert first not in writer._futures  # its megabyte went with it
+
+
+def test_many_images_keep_their_per_channel_numbers_on_disk(residual_path, write_image, tmp_path):
+    out = tmp_path / "maps"
+    photos = [write_image(np.full((6, 8, 3), value, np.uint8), f"{value}.png") for value in (10, 200)]
+    result = render(residual_path, photos, out)
+    assert all("channels" not in layer for image in result.outline["images"] for layer in image["layers"])
+    assert not list(out.rglob(Spill.NAME))
+    assert "2 image(s)" in repr(result) and result.index == out / "index.html"  # from the outline
+    conv = result.layer(0, image=1)  # read from manifest.json
+    assert len(conv["channels"]["mean"]) == conv["shape"][0]
+    assert conv["channels"]["dead"] == [True] * 4  # a flat photo: every channel constant
+    assert result.manifest == read_manifest(out)
+    moved = render(residual_path, photos, tmp_path / "moved")
+    (tmp_path / "moved").rename(tmp_path / "elsewhere")
+    with pytest.raises(FmonnxError, match="moved or deleted"):
+        _ = moved.manifest
+
+
+def test_a_manifest_in_another_layout_is_still_recognised(residual_path, red_image, tmp_path):
+    out = tmp_path / "maps"
+    render(residual_path, [red_image], out, RenderOptions(report=False))
+    manifest = read_manifest(out)
+    (out / "manifest.json").write_text(json.dumps(manifest))  # one line: read whole, not line by line
+    render(residual_path, [red_image], out, RenderOptions(report=False))
+    manifest["files"] = manifest["files"][1:]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(FmonnxError, match="did not write"):
+        render(residual_path, [red_image], out, RenderOptions(report=False))
