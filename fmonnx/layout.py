@@ -65,13 +65,13 @@ def detect_input_layout(shape: tuple, forced: str | None = None) -> Layout:
     symbolic or other size there rules that axis out. When both fit (a
     3x3 image with 3 channels), N,C,H,W is taken and marked uncertain.
     """
-    if forced:
-        return Layout(1 if forced.upper() == "NCHW" else 3, True)
     if len(shape) != 4:
         raise ModelError(
             f"the model input has shape {list(shape)}; fmonnx needs an image input of rank 4 "
             "(N,C,H,W or N,H,W,C)"
         )
+    if forced:
+        return Layout(1 if forced.upper() == "NCHW" else 3, True)
     first, last = shape[1] in IMAGE_CHANNELS, shape[3] in IMAGE_CHANNELS
     if first and not last:
         return Layout(1, True)
@@ -120,7 +120,9 @@ def channel_axes(
             if source is not None:
                 perm = perm if perm is not None else [3, 2, 1, 0]
                 if source.channel_axis in perm:
-                    result = Layout(perm.index(source.channel_axis), source.certain)
+                    axis = perm.index(source.channel_axis)
+                    # channels moved onto the batch axis: no image layout fmonnx can draw
+                    result = Layout(axis, source.certain) if axis != 0 else None
         elif op in _LAYOUT_PRESERVING_OPS:
             for name in node.input:
                 if name in layouts and rank(name) in (4, None):

@@ -104,6 +104,8 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
             image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read; use a JPEG, PNG, BMP or WebP file") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path} is too large to decode safely (over ~179 megapixels); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path} could not be read ({exc}); the file may be truncated, re-save it") from None
     image = _to_8bit(image)

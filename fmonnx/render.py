@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +25,13 @@ import onnx
 
 from . import __version__
 from .colormap import BACKGROUND, DEFAULT_CMAP, lookup_table, to_palette_indices
-from .errors import ImageError, ModelError
+from .errors import FmonnxError, ImageError, ModelError
 from .expose import DEFAULT_OPS, exposed_suffix, find_candidates
 from .keras_input import conversion_record, onnx_path_for
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
 from .load import LoadedModel, load_model
 from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
-from .normalize import CHUNK_VALUES, DEFAULT_METHOD, ChannelStats, channel_stats, normalize
+from .normalize import CHUNK_VALUES, DEFAULT_METHOD, METHODS, ChannelStats, channel_stats, normalize
 from .passes import (
     INTERPRETER_MEMORY,
     MIB,
@@ -43,14 +45,14 @@ from .passes import (
     tensor_bytes,
     write_pieces,
 )
-from .preprocess import DEFAULT_PRESET, InputSpec, expand_image_paths, load_image, prepare_input
+from .preprocess import DEFAULT_PRESET, PRESETS, InputSpec, expand_image_paths, load_image, prepare_input
 from .report import data_file, write_layer_data, write_photo, write_report
 from .result import RenderResult
-from .run import create_session, run_session
+from .run import PROVIDERS, create_session, run_session
 from .select import check_selection, describe_selection, select_channels
 from .shapes import TensorType, infer_types
 from .stats import channel_columns, layer_summary
-from .tile import DEFAULT_LAYOUT, Grid, plan_grid, tile
+from .tile import DEFAULT_LAYOUT, LAYOUTS, Grid, plan_grid, tile
 from .write import (
     PictureWriter,
     Spill,
@@ -423,7 +425,11 @@ class _Runner:
             self._folder = tempfile.TemporaryDirectory(prefix="fmonnx-passes-")
         files = self._files.get(tuple(tensor.shape))
         if files is None:
-            folder = Path(self._folder.name) / str(len(self._files))
+            # each input size cuts its own pieces, each a copy of the weights: keep one size's on disk
+            for stale in self._files.values():
+                shutil.rmtree(stale[0].parent, ignore_errors=True)
+            self._files.clear()
+            folder = Path(self._folder.name) / uuid.uuid4().hex[:8]
             folder.mkdir()
             weights = onnx.load(str(loaded.path), load_external_data=False)
             files = self._files[tuple(tensor.shape)] = write_pieces(weights, pieces, types, folder)
@@ -576,6 +582,19 @@ def _image_folders(paths: list[Path]) -> list[str]:
     return folders
 
 
+def _check_choices(options: RenderOptions) -> None:
+    """Options the CLI restricts with choices, checked for library callers before any work."""
+    for value, allowed, what in (
+        (options.normalization, METHODS, "normalization"),
+        (options.layout, LAYOUTS, "layout"),
+        (options.provider, PROVIDERS, "provider"),
+    ):
+        if value not in allowed:
+            raise FmonnxError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    if options.preprocess is not None and options.preprocess not in PRESETS:
+        raise FmonnxError(f"unknown preprocessing {options.preprocess!r}; choose one of: {', '.join(PRESETS)}")
+
+
 def render(
     model_path: str | os.PathLike | None = None,
     images: list[str | os.PathLike] | None = None,
@@ -593,12 +612,10 @@ def render(
     """
     options = options or RenderOptions()
     check_selection(options.max_channels, options.top)
+    _check_choices(options)
     started = time.perf_counter()
-    demo_model, demo_photo = (None, None)
-    if model_path is None or not images:
-        demo_model, demo_photo = demo_paths()
-    model_path = Path(model_path) if model_path is not None else demo_model
-    image_paths = expand_image_paths(images) if images else [demo_photo]
+    model_path = Path(model_path) if model_path is not None else demo_paths()[0]
+    image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
     lookup_table(options.cmap)  # an unknown colormap fails before any work
     plan, runner = _planned(model_path, options)
     planned = time.perf_counter()
@@ -676,6 +693,8 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, _Runn
     key = (
         str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, options.ops, options.all_spatial,
         options.input_layout, options.provider, options.threads, options.max_memory,
+        # the pass planner's drawing estimate reads these
+        options.layout, options.top, options.max_channels, options.jobs,
     )
     with _last_model_lock:
         if _last_model and _last_model[0][0] == key:

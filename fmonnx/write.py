@@ -429,12 +429,14 @@ def _umask() -> int:
 @contextmanager
 def staged_output(target: str | os.PathLike):
     """Yield a staging folder; on success it becomes ``target`` (replacing an
-    earlier fmonnx output there), on error it is removed."""
-    target = Path(target)
+    earlier fmonnx output there), on error it is removed and ``target`` is as it was."""
+    target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise OutputError(f"output path {target} is a file; pass a folder with -o")
     if target.is_dir():
         _replaceable(target)
+        if Path.cwd().resolve().is_relative_to(target):
+            raise OutputError(f"{target} holds the current folder and cannot be replaced; choose another -o")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fmonnx-", dir=target.parent))
@@ -444,14 +446,31 @@ def staged_output(target: str | os.PathLike):
             f"cannot write to {target.parent} ({exc.strerror or exc}); choose a writable folder with -o"
         ) from None
     try:
-        yield staging
-        old = None
+        try:
+            yield staging
+        except OSError as exc:  # disk full, file too large, permissions changed under us
+            raise OutputError(
+                f"cannot write into {target} ({exc.strerror or exc}); check free space and permissions"
+            ) from None
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an earlier output there is moved aside first and put back on failure."""
+    old = None
+    try:
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "previous")
         os.replace(staging, target)
+    except OSError as exc:
+        if old is not None and (old / "previous").exists() and not target.exists():
+            os.replace(old / "previous", target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise OutputError(f"cannot move the new output into {target} ({exc.strerror or exc})") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
