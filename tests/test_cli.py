@@ -202,3 +202,40 @@ def test_original_model_file_is_untouched(copy_model_path, photo, tmp_path):
     invoke("render", copy_model_path, photo, "-o", tmp_path / "o")
     assert copy_model_path.read_bytes() == before
     assert onnx.load(str(copy_model_path)).graph.output[0].name == "output"
+
+
+def test_forced_input_layout_on_a_non_image_input(tmp_path):
+    model = make_model(
+        [helper.make_node("Relu", ["input"], ["output"])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])],
+    )
+    assert_clean_error(invoke("layers", save(model, tmp_path, "flat.onnx"), "--input-layout", "NHWC"), "rank 4")
+
+
+def test_image_too_large_to_decode(tmp_path, copy_model_path, write_image, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses past twice this
+    photo = write_image(np.zeros((30, 30, 3)), "big.png")
+    assert_clean_error(invoke("render", copy_model_path, photo, "-o", tmp_path / "o"), "too large")
+
+
+def test_rendering_into_the_current_folder_is_refused(tmp_path, copy_model_path, photo, monkeypatch):
+    out = tmp_path / "maps"
+    assert invoke("render", copy_model_path, photo, "-o", out).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    monkeypatch.chdir(out)
+    assert_clean_error(invoke("render", copy_model_path, photo, "-o", "."), "current folder")
+    assert sorted(p.name for p in out.iterdir()) == before and leftovers(tmp_path) == []
+
+
+def test_library_options_are_checked_before_any_work(copy_model_path, photo, tmp_path):
+    from fmonnx.errors import FmonnxError
+    from fmonnx.render import RenderOptions, render
+
+    for options in (RenderOptions(normalization="zscore"), RenderOptions(layout="spiral"),
+                    RenderOptions(preprocess="bgr")):
+        with pytest.raises(FmonnxError, match="choose one of"):
+            render(copy_model_path, [photo], tmp_path / "o", options)
+    assert not (tmp_path / "o").exists()
