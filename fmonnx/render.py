@@ -749,7 +749,6 @@ def _write_layer(
     """Draw and write one layer (on a writer thread): its manifest entry, files, overview row and stats."""
     folder, target, prefix = job.folder, job.target, job.prefix
     files: list[str] = []
-    writer = None  # already on a writer thread: write here
     named = layer.named
     count = layer.values.shape[0]
     stats = channel_stats(layer.values)
@@ -785,7 +784,7 @@ def _write_layer(
     if named.source_class:
         entry["source_class"] = named.source_class
     if options.report:
-        entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats, writer)
+        entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats)
         files.append(entry["report_data"]["file"])
     if options.save_arrays:
         write_array(target / f"{stem}.npy", layer.values)

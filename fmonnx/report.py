@@ -9,7 +9,7 @@ as every variant:
   dead channel is all 0). With the channel's min, max, mean and std (in the
   manifest) the page rebuilds any of the three normalizations from it.
 - ``layer_atlas``: those channels tiled without gaps into one picture
-  (channel k at row k // columns, column k % columns); ``data_script``: that
+  (channel k at row k // columns, column k % columns); the data script: that
   atlas as a gray PNG, base64 inside a one-line script
   ``fmonnxData("<file>", "<png>")``. A page opened from disk
   may not fetch() files or read pixels of a PNG loaded by path, but it may
@@ -48,13 +48,11 @@ __all__ = [
     "quantize",
     "dequantize",
     "layer_atlas",
-    "data_script",
     "data_file",
     "write_data_script",
     "write_layer_data",
     "read_layer_data",
     "page_data",
-    "page_html",
     "write_photo",
     "write_report",
 ]
@@ -130,39 +128,29 @@ def layer_atlas(values: np.ndarray, stats: ChannelStats) -> tuple[np.ndarray, di
     return grid.image, geometry
 
 
-def data_script(file: str, atlas: np.ndarray) -> str:
-    """The one-line script the page loads for ``file``: the atlas as a PNG, base64.
-
-    The PNG is a palette PNG whose palette is the gray ramp, so a browser draws level q as
-    RGB (q, q, q); write.py's encoder is several times faster than Pillow's here.
-    """
-    return b"".join(_data_script_parts(file, atlas)).decode("ascii")
-
-
 def _data_script_parts(file: str, atlas: np.ndarray) -> list[bytes]:
-    # bytes in parts: the base64 text (most of a layer's data) is written as it is, never copied
+    """The one-line script the page loads for ``file``: the atlas as a palette PNG whose palette
+    is the gray ramp (a browser draws level q as RGB (q, q, q)), base64.
+
+    In parts: the base64 text (most of a layer's data) is written as it is, never copied.
+    """
     encoded = base64.b64encode(encode_png(atlas, _GRAY_RAMP))
     return [b"fmonnxData(", json.dumps(file).encode("ascii"), b',"', encoded, b'");\n']
 
 
 def write_data_script(root: Path, file: str, atlas: np.ndarray) -> None:
-    """Write ``data_script(file, atlas)`` to ``root / file`` (safe to run on a worker thread)."""
+    """Write the data script of ``atlas`` to ``root / file`` (safe to run on a worker thread)."""
     path = root / file
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as script:
         script.writelines(_data_script_parts(file, atlas))
 
 
-def write_layer_data(root: Path, file: str, values: np.ndarray, stats: ChannelStats, writer=None) -> dict:
-    """Write one layer's data script under ``root``; returns its geometry (``layer_atlas``'s, with ``file``).
-
-    With a ``writer`` (write.PictureWriter) the encoding runs on its threads; the atlas is ready at once.
-    """
+def write_layer_data(root: Path, file: str, values: np.ndarray, stats: ChannelStats) -> dict:
+    """Write one layer's data script under ``root`` (render calls it on a writer thread);
+    returns its geometry (``layer_atlas``'s, with ``file``)."""
     atlas, geometry = layer_atlas(values, stats)
-    if writer is None:
-        write_data_script(root, file, atlas)
-    else:
-        writer.submit(atlas.nbytes, write_data_script, root, file, atlas)
+    write_data_script(root, file, atlas)
     return {"file": file, **geometry}
 
 
@@ -251,13 +239,9 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
     }
 
 
-def page_html(data: dict) -> str:
-    """index.html: the template with its CSS, JS and ``data`` inlined (one file, nothing fetched)."""
-    return "".join(_page_pieces(data))
-
-
 def _page_pieces(data: dict):
-    """``page_html``'s text in pieces; ``data``'s spilled per-channel lists are read one at a time."""
+    """index.html in pieces: the template with its CSS, JS and ``data`` inlined (one file, nothing
+    fetched); ``data``'s spilled per-channel lists are read one at a time."""
     template = (_ASSETS / "page.html").read_text(encoding="utf-8")
     parts = {
         "{{TITLE}}": lambda: [html.escape(f"fmonnx: {data['model_name']}")],
