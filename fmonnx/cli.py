@@ -8,6 +8,7 @@ Everything heavy is imported inside the commands so ``fmonnx --help`` is instant
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -78,6 +79,8 @@ def _parse_memory(value: str | None) -> int | None:
         size = float(number) * units[text[len(number):]]
     except (ValueError, KeyError):
         raise click.BadParameter("use a size such as 800M or 1.5G") from None
+    if not math.isfinite(size):
+        raise click.BadParameter("use a finite size such as 800M or 1.5G")
     if size < 2**20:
         raise click.BadParameter("give at least 1M")
     return int(size)
@@ -266,8 +269,8 @@ def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as
 @click.option("--opset", type=click.IntRange(min=9), default=None, help="ONNX opset [default: 17].")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare Keras and onnxruntime on the same random input, final outputs and every layer.")
-@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance of the check.")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance of the check.")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance of the check [default: 1e-4].")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance of the check [default: 1e-5].")
 @click.option("--unsafe", is_flag=True,
               help="Allow Lambda layers. Their stored Python code RUNS while loading: only for files you trust.")
 @click.option("--force", is_flag=True, help="Overwrite the ONNX file if it exists.")
@@ -278,16 +281,16 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
     """
     from pathlib import Path
 
-    from .convert import CheckFailedError, convert_keras, write_model
+    from .convert import convert_keras, write_model
 
     target = Path(out) if out else Path(model).with_suffix(".onnx")
-    if target.exists() and not force:  # fail before the slow conversion, not after it
+    # Checked before the slow conversion, not after it.
+    if target.exists() and Path(model).exists() and target.samefile(model):
+        raise FmonnxError(f"{target} is the input model; choose another output path with -o")
+    if target.exists() and not force:
         raise FmonnxError(f"{target} already exists; pass --force to overwrite it, or choose another path with -o")
-    try:
-        result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
-    except CheckFailedError as exc:
-        click.echo(exc.report.summary(), err=True)
-        raise
+    # A failed check raises CheckFailedError, whose message holds the check's summary.
+    result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
     write_model(result.model, target, force=force)
     click.echo(f"Loaded {model} with {result.loader} (saved by Keras {result.keras_version}); "
                f"{len(result.layers)} layers with 4-D outputs")

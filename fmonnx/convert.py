@@ -8,8 +8,9 @@ The stages, each in its own module::
       -> traced_function (keras_trace: a tf.function whose outputs are the
          model's outputs, then every 4-D layer output)
       -> tf2onnx.convert.from_function
-      -> rename_tensors / inner_tensors (keras_onnx: graph outputs named
-         after Keras layers)
+      -> name_outputs, name_inner_tensors, strip_markers (keras_onnx: graph
+         outputs and inner Conv outputs named after Keras layers, name-scope
+         markers removed)
       -> metadata_props "fmonnx.layers" and "fmonnx.source"
       -> onnx.checker, then compare (keras_check: Keras vs onnxruntime)
 
@@ -53,6 +54,7 @@ from fmonnx.keras_file import choose_loader, is_keras_file, lambda_layers, read_
 from fmonnx.keras_load import INSTALL_HINT, import_keras, import_tensorflow, load_keras_model
 from fmonnx.keras_onnx import name_inner_tensors, name_outputs, strip_markers
 from fmonnx.keras_trace import MARKER_PATTERN, leaves, marker, model_io_names, recording, run_eagerly, traced_function
+from fmonnx.names import LAYERS_KEY, SOURCE_KEY
 
 __all__ = [
     "ConversionResult",
@@ -73,8 +75,8 @@ DEFAULT_OPSET = 17
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 CHECK_SEED = 0
-METADATA_LAYERS = "fmonnx.layers"
-METADATA_SOURCE = "fmonnx.source"
+METADATA_LAYERS = LAYERS_KEY
+METADATA_SOURCE = SOURCE_KEY
 
 
 @dataclass
@@ -101,8 +103,8 @@ def convert_keras(
     *,
     opset: int | None = None,
     check: bool = True,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    rtol: float | None = None,
+    atol: float | None = None,
     unsafe: bool = False,
 ) -> ConversionResult:
     """Convert the Keras model file ``path`` (.keras, .h5) to ONNX.
@@ -111,7 +113,9 @@ def convert_keras(
     with ModelError unless ``unsafe``; the file is inspected as JSON before
     anything is loaded. Raises ModelError for unusable files,
     MissingDependencyError without the [keras] extra, ConversionError when
-    loading or tf2onnx fails, CheckFailedError when the check fails.
+    loading, tracing, tf2onnx or the check's run fails, CheckFailedError
+    when the check fails. ``opset``, ``rtol`` and ``atol`` default (None) to
+    DEFAULT_OPSET, DEFAULT_RTOL and DEFAULT_ATOL.
     """
     start = time.perf_counter()
     keras_file = read_keras_file(path)
@@ -144,8 +148,8 @@ def convert_keras_model(
     *,
     opset: int | None = None,
     check: bool = True,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> ConversionResult:
     """Convert an in-memory Keras 3 or tf_keras model (e.g. one with custom layers).
 
@@ -182,6 +186,8 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
     tf = import_tensorflow()
     tf2onnx = _import_tf2onnx()
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+    atol = DEFAULT_ATOL if atol is None else float(atol)
     _check_opset(tf2onnx, opset)
     label = file_name or model.name
     if not getattr(model, "inputs", None):
@@ -190,9 +196,15 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
         )
     leaf_list = leaves(model, keras)
     input_names, output_names = model_io_names(model)
-    with recording(tf, keras, leaf_list) as rec:
-        trace = traced_function(tf, model, rec, leaf_list, input_names)
-        layouts = dict(rec.layouts)
+    try:
+        with recording(tf, keras, leaf_list) as rec:
+            trace = traced_function(tf, model, rec, leaf_list, input_names)
+            layouts = dict(rec.layouts)
+    except Exception as exc:  # noqa: BLE001 - tracing runs the model's own code; the user needs the reason
+        raise ConversionError(
+            f"TensorFlow could not trace {label}: {_first_line(exc)}; "
+            "make sure the model runs on inputs of its declared shape in Keras"
+        ) from exc
     spatial = [leaf for leaf in leaf_list if leaf.path in trace.output_of or leaf.path in trace.paths]
     if not spatial:
         classes = sorted({leaf.class_name for leaf in leaf_list})
@@ -204,7 +216,7 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
         converted, _ = tf2onnx.convert.from_function(trace.function, input_signature=trace.signature, opset=opset)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything; the user needs the reason
         raise ConversionError(
-            f"tf2onnx could not convert {label}: {str(exc).strip().splitlines()[0][:300]}; try another --opset"
+            f"tf2onnx could not convert {label}: {_first_line(exc)}; try another --opset"
         ) from exc
     onnx_model, layers, graph_outputs = _map_layers(tf, converted, trace, spatial, layouts, output_names, label)
     source = {
@@ -226,7 +238,7 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
     result = ConversionResult(onnx_model, loader, keras_version, layers, None, 0.0)
     if check:
         result.check = _check(
-            tf, keras, model, leaf_list, trace.signature, onnx_model, layers, graph_outputs, rtol, atol
+            tf, keras, model, leaf_list, trace.signature, onnx_model, layers, graph_outputs, rtol, atol, label
         )
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d layers mapped in %.1fs", label, len(layers), result.seconds)
@@ -238,6 +250,12 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
             result,
         )
     return result
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), or its type when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _map_layers(tf, converted, trace, spatial, layouts, output_names, label):
@@ -273,12 +291,18 @@ def _set_metadata(model: onnx.ModelProto, props: dict[str, Any]) -> None:
         model.metadata_props.add(key=key, value=json.dumps(value))
 
 
-def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_names, rtol, atol) -> CheckReport:
+def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_names, rtol, atol, label) -> CheckReport:
     import onnxruntime
 
     inputs = random_inputs([(tuple(s.shape), s.dtype.as_numpy_dtype) for s in signature], CHECK_SEED)
-    with recording(tf, keras, leaf_list) as rec:
-        keras_outputs, keras_layers = run_eagerly(tf, model, rec, leaf_list, inputs)
+    try:
+        with recording(tf, keras, leaf_list) as rec:
+            keras_outputs, keras_layers = run_eagerly(tf, model, rec, leaf_list, inputs)
+    except Exception as exc:  # noqa: BLE001 - running runs the model's own code; the user needs the reason
+        raise ConversionError(
+            f"Keras could not run {label} on the check's random input: {_first_line(exc)}; "
+            "rerun with --no-check (check=False) to skip the check"
+        ) from exc
     expected = {f"output:{n}": a for n, a in zip(output_names, keras_outputs)}
     tensors = {f"output:{n}": n for n in output_names}
     for entry in layers:
@@ -289,13 +313,18 @@ def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_na
             tensors[entry["layer"]] = entry["output"]
         else:
             logger.warning("layer %s made no output when Keras ran it; it is not checked", entry["layer"])
-    session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [spec.name for spec in signature]
-    if sorted(names) != sorted(i.name for i in session.get_inputs()):
-        names = [i.name for i in session.get_inputs()]  # tf2onnx renamed them: rely on their order
-    feeds = dict(zip(names, inputs))
     wanted = sorted(set(tensors.values()))
-    actual_by_tensor = dict(zip(wanted, session.run(wanted, feeds)))
+    try:
+        session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [spec.name for spec in signature]
+        if sorted(names) != sorted(i.name for i in session.get_inputs()):
+            names = [i.name for i in session.get_inputs()]  # tf2onnx renamed them: rely on their order
+        actual_by_tensor = dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the user needs the reason
+        raise ConversionError(
+            f"onnxruntime could not run the ONNX model converted from {label}: {_first_line(exc)}; "
+            "try another --opset, or rerun with --no-check (check=False) to skip the check"
+        ) from exc
     actual = {name: actual_by_tensor[tensor] for name, tensor in tensors.items()}
     report = compare(
         expected, actual, tensors, rtol=rtol, atol=atol, seed=CHECK_SEED, input_shapes=[a.shape for a in inputs]

@@ -1,13 +1,14 @@
 """Name the tensors of a tf2onnx graph after the Keras layers that made them.
 
-Two passes over a converted ModelProto, neither of which mutates its input:
+Three passes over a converted ModelProto, none of which mutates its input
+(each returns a new model, built on ``rename_tensors``):
 
-``rename_tensors`` gives graph outputs the names chosen by the converter::
+``name_outputs`` gives graph outputs the names chosen by the converter::
 
     Before:  Conv -> Relu -> Transpose -> [graph output "Identity_3:0"]
     After:   Conv -> Relu -> Transpose -> [graph output "conv2d"]
 
-``inner_tensors`` finds, among the nodes tagged with a layer's name-scope
+``name_inner_tensors`` finds (with ``inner_tensors``), among the nodes tagged with a layer's name-scope
 marker (``.../fmonnxL3/...``, see ``keras_trace``), the convolution stages
 that are not the layer's output itself: the pre-activation Conv of a Conv2D
 with an activation, the depthwise stage of a SeparableConv2D::
@@ -16,7 +17,7 @@ with an activation, the depthwise stage of a SeparableConv2D::
      inner: ".../fmonnxL3/convolution:0", to be named "conv2d/convolution"
      (the Relu's output is "conv2d" in another layout, so it is not inner)
 
-``strip_markers`` then removes the markers from all other names, so that
+and names them after the layer. ``strip_markers`` then removes the markers from all other names, so that
 the graph reads like a plain tf2onnx conversion.
 
 Elementwise steps (the scale of a BatchNormalization, a bias Add) and pure

@@ -111,7 +111,7 @@ class Recording:
         self.layouts[leaf.path] = layout
         self._layout_of_tensor[id(output)] = layout
 
-    def spatial(self, tf: ModuleType, leaf_list: list[Leaf]) -> list[str]:
+    def spatial(self, leaf_list: list[Leaf]) -> list[str]:
         """Paths, in layer order, whose recorded output is one float tensor of rank 4."""
         return [
             leaf.path for leaf in leaf_list if leaf.path in self.layouts and self.outputs[leaf.path].dtype.is_floating
@@ -224,7 +224,7 @@ def traced_function(tf: ModuleType, model, rec: Recording, leaf_list: list[Leaf]
         outputs = tf.nest.flatten(result)
         trace.paths.clear()
         trace.output_of.clear()
-        for path in rec.spatial(tf, leaf_list):
+        for path in rec.spatial(leaf_list):
             index = next((i for i, o in enumerate(outputs) if rec.outputs[path] is o), None)
             if index is None:
                 trace.paths.append(path)
@@ -246,5 +246,5 @@ def run_eagerly(tf: ModuleType, model, rec: Recording, leaf_list: list[Leaf], in
     rec.clear()
     result = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
     outputs = [tf.convert_to_tensor(o).numpy() for o in tf.nest.flatten(result)]
-    layers = {path: rec.outputs[path].numpy() for path in rec.spatial(tf, leaf_list)}
+    layers = {path: rec.outputs[path].numpy() for path in rec.spatial(leaf_list)}
     return outputs, layers

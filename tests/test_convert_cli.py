@@ -98,3 +98,13 @@ def test_lambda_file_is_refused_by_convert_and_render(frameworks, tmp_path, phot
         result = invoke(*args)
         assert result.exit_code == 1 and "Lambda" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "lambda.onnx").exists() and not (tmp_path / "o").exists()
+
+
+def test_convert_refuses_to_write_over_its_input(tmp_path):
+    path = tmp_path / "m.keras"
+    path.write_bytes(b"not converted: refused first")
+    for out in (path, tmp_path / "sub" / ".." / "m.keras"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        result = invoke("convert", path, "-o", out, "--force")
+        assert result.exit_code == 1 and "is the input model" in result.output and "Traceback" not in result.output
+    assert path.read_bytes() == b"not converted: refused first"
