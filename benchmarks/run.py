@@ -122,18 +122,17 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
         RenderOptions,
         _compute,
         _last_model,
-        _Runner,
         draw_layer,
-        open_session,
         plan_model,
         render,
     )
     from fmonnx.run import run_session
+    from fmonnx.runner import Runner, open_session
     from fmonnx.write import PictureWriter, encode_png
 
     options = RenderOptions(report=False, provider=provider)
     plan = plan_model(model, options)
-    runner = _Runner(plan, options)
+    runner = Runner(plan, options)
     result = next(_compute(plan, [photo], options, runner))
     feed = {plan.input.name: result.input_tensor}
     layers = list(result.layers)

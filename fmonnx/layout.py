@@ -18,7 +18,7 @@ import onnx
 from .errors import ModelError
 from .shapes import TensorType
 
-__all__ = ["Layout", "detect_input_layout", "channel_axes", "IMAGE_CHANNELS"]
+__all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "IMAGE_CHANNELS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,14 @@ def detect_input_layout(shape: tuple, forced: str | None = None) -> Layout:
         f"the model input has shape {list(shape)}: no axis of size 1, 3 or 4 for image channels; "
         "fmonnx feeds grayscale, RGB or RGBA images (pass --input-layout if the channel axis is symbolic)"
     )
+
+
+def chw_shape(shape: tuple | None, layout: Layout) -> list | None:
+    """A 4-D tensor's (C, H, W) sizes, batch axis dropped, channels taken from ``layout``."""
+    if shape is None or len(shape) != 4:
+        return None
+    spatial = [axis for axis in (1, 2, 3) if axis != layout.channel_axis]
+    return [shape[layout.channel_axis], *(shape[axis] for axis in spatial)]
 
 
 def _transpose_perm(node: onnx.NodeProto) -> list[int] | None:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,29 +23,17 @@ import onnx
 from . import __version__
 from .colormap import BACKGROUND, DEFAULT_CMAP, lookup_table, to_palette_indices
 from .errors import FmonnxError, ImageError, ModelError
-from .expose import DEFAULT_OPS, exposed_suffix, find_candidates
+from .expose import DEFAULT_OPS, find_candidates
 from .keras_input import conversion_record, onnx_path_for
-from .layout import IMAGE_CHANNELS, Layout, channel_axes, detect_input_layout
+from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout
 from .load import LoadedModel, load_model
 from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
-from .normalize import CHUNK_VALUES, DEFAULT_METHOD, METHODS, ChannelStats, channel_stats, normalize
-from .passes import (
-    INTERPRETER_MEMORY,
-    MIB,
-    Piece,
-    available_bytes,
-    memory_bound,
-    plan_passes,
-    release_memory,
-    run_pieces,
-    sketch_graph,
-    tensor_bytes,
-    write_pieces,
-)
+from .normalize import DEFAULT_METHOD, METHODS, ChannelStats, channel_stats, normalize
 from .preprocess import DEFAULT_PRESET, PRESETS, InputSpec, expand_image_paths, load_image, prepare_input
 from .report import data_file, write_layer_data, write_photo, write_report
 from .result import RenderResult
-from .run import PROVIDERS, create_session, run_session
+from .run import PROVIDERS, run_session
+from .runner import Runner, open_session
 from .select import check_selection, describe_selection, select_channels
 from .shapes import TensorType, infer_types
 from .stats import channel_columns, layer_summary
@@ -56,7 +41,6 @@ from .tile import DEFAULT_LAYOUT, LAYOUTS, Grid, plan_grid, tile
 from .write import (
     PictureWriter,
     Spill,
-    default_jobs,
     file_stem,
     staged_output,
     titled,
@@ -270,7 +254,7 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
                 "op": named.candidate.op,
                 "tensor": named.candidate.tensor,
                 "source_layer": named.source_layer,
-                "shape": _chw(named.candidate.type.shape, layout),
+                "shape": chw_shape(named.candidate.type.shape, layout),
                 "channel_axis": layout.channel_axis,
                 "layout_certain": layout.certain,
             }
@@ -280,13 +264,6 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
         if named.source_class:
             rows[-1]["source_class"] = named.source_class
     return rows
-
-
-def _chw(shape: tuple | None, layout: Layout) -> list | None:
-    if shape is None or len(shape) != 4:
-        return None
-    spatial = [axis for axis in (1, 2, 3) if axis != layout.channel_axis]
-    return [shape[layout.channel_axis], *(shape[axis] for axis in spatial)]
 
 
 def _shape_problem(named: NamedTensor, actual: tuple[int, ...]) -> str | None:
@@ -306,146 +283,6 @@ def _to_chw(raw: np.ndarray, layout: Layout) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(single, layout.channel_axis - 1, 0), dtype=np.float32)
 
 
-def open_session(plan: ModelPlan, options: RenderOptions | None = None):
-    """An onnxruntime session of the model with every planned tensor exposed as an output."""
-    options = options or RenderOptions()
-    loaded = plan.loaded
-    suffix = exposed_suffix(loaded.model, [named.candidate for named in plan.tensors])
-    return create_session(
-        loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads, append=suffix
-    )
-
-
-class _Runner:
-    """Runs the exposed model on an input: in one session run, or in passes when that would pass the bound.
-
-    The exposed model's session is opened on first use, so a render done
-    entirely in passes never loads the whole model into onnxruntime.
-    """
-
-    def __init__(self, plan: ModelPlan, options: RenderOptions, session=None):
-        self.plan = plan
-        self.options = options
-        self._session = session
-        self.provider: str | None = session.get_providers()[0] if session is not None else None
-        self._pieces: dict[tuple, tuple[list[Piece], dict, dict] | None] = {}
-        self._folder: tempfile.TemporaryDirectory | None = None  # the pieces' model files, made for passes only
-        self._files: dict[tuple, list[Path]] = {}  # input shape -> the pieces' files
-
-    def session(self):
-        if self._session is None:
-            self._session = open_session(self.plan, self.options)
-            self.provider = self.provider or self._session.get_providers()[0]
-        return self._session
-
-    def _model_bytes(self) -> int:
-        loaded = self.plan.loaded
-        weights = sum((loaded.path.parent / name).stat().st_size for name in loaded.external_data)
-        return loaded.path.stat().st_size + weights
-
-    def pieces(self, tensor: np.ndarray) -> tuple[list[Piece], dict, dict] | None:
-        """``(pieces, types, record)`` when ``tensor`` must be run in passes, else None."""
-        key = tuple(tensor.shape)
-        if key not in self._pieces:
-            self._pieces[key] = self._plan(key)
-        return self._pieces[key]
-
-    def _plan(self, shape: tuple) -> tuple[list[Piece], dict, dict] | None:
-        plan, model = self.plan, self.plan.loaded.model
-        types = infer_types(model, {plan.input.name: shape})
-        sizes = {name: size for name, value in types.items() if (size := tensor_bytes(value)) is not None}
-        exposed = [named.candidate.tensor for named in plan.tensors]
-        if any(name not in sizes for name in exposed):
-            log.debug("tensor sizes unknown at input %s; one run, no memory planning", shape)
-            return None
-        model_bytes = self._model_bytes()
-        largest = max(sizes[name] for name in exposed)
-        bound = self.options.max_memory or memory_bound(model_bytes, largest)
-        # fmonnx's own footprint is estimated, not read from the process: in a notebook the
-        # process holds the user's data too, and that must not push a small model into passes
-        cap = bound - INTERPRETER_MEMORY
-        available = available_bytes()
-        if available is not None and cap > available * 9 // 10:
-            log.info("memory bound lowered to what the system has available")
-            cap = available * 9 // 10
-        weight_sizes = {
-            tensor.name: tensor_bytes(TensorType(tensor.data_type, tuple(tensor.dims))) or 0
-            for tensor in model.graph.initializer
-        }
-        sketch = sketch_graph(model, weight_sizes)
-        drawing = self._drawing_memory(types, largest)
-        opened = self._session is not None
-        # a session holds its weights once, twice while it opens
-        single = plan_passes(sketch, exposed, sizes, budget=2**62, weights_held=1 if opened else 2)
-        if not single or single[0].estimate + drawing <= cap:
-            return None
-        # each piece's model is a file (see passes.write_pieces); the slack is what the estimate
-        # leaves out (convolution scratch, allocator slack: measured on a 2048 x 2048 ResNet-50)
-        session = model_bytes if opened else 0
-        budget = cap - session - (64 * MIB + largest // 4)
-        pieces = plan_passes(sketch, exposed, sizes, budget, weights_held=2, drawing=drawing)
-        worst = max(piece.estimate for piece in pieces) + session
-        if available is not None and worst > available:
-            raise ImageError(
-                f"an input of {list(shape)} needs about {worst // MIB} MB even in passes, and "
-                f"{available // MIB} MB are available; feed a smaller image with --size or --max-size"
-            )
-        record = {
-            "count": len(pieces),
-            "max_memory": bound,
-            "one_run_estimate": INTERPRETER_MEMORY + single[0].estimate + drawing,
-            "largest_pass_estimate": INTERPRETER_MEMORY + worst,
-            "layers_per_pass": [len(piece.tensors) for piece in pieces],
-        }
-        if INTERPRETER_MEMORY + worst > bound:
-            record["note"] = "some single nodes need more than the bound: their passes may pass it"
-        log.info("input %s in %d passes to stay under %d MB", list(shape), len(pieces), bound // MIB)
-        return pieces, types, record
-
-    def _drawing_memory(self, types: dict, largest: int) -> int:
-        """Bytes the drawing threads may hold at once: per thread, float temporaries and 3 copies of a picture."""
-        options, pictures = self.options, [0]
-        for named in self.plan.tensors:
-            chw = _chw(types[named.candidate.tensor].shape, self.plan.layout_of(named.candidate.tensor))
-            if chw is None or not all(isinstance(dim, int) for dim in chw):
-                continue
-            count = min(chw[0], options.top or options.max_channels or chw[0])
-            grid = plan_grid(count, chw[1], chw[2], options.layout, padding=1)
-            tile_height = -(-chw[1] // grid.step) * grid.factor + 1
-            tile_width = -(-chw[2] // grid.step) * grid.factor + 1
-            pictures.append(grid.rows * tile_height * grid.columns * tile_width)
-        temporaries = 2 * min(largest, 4 * CHUNK_VALUES)
-        return default_jobs(options.jobs) * (temporaries + 3 * max(pictures))
-
-    def run_in_passes(
-        self, pieces: list[Piece], types: dict, tensor: np.ndarray, before_pass=None
-    ) -> Iterator[tuple[str, np.ndarray]]:
-        loaded, options = self.plan.loaded, self.options
-        if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="fmonnx-passes-")
-        files = self._files.get(tuple(tensor.shape))
-        if files is None:
-            # each input size cuts its own pieces, each a copy of the weights: keep one size's on disk
-            for stale in self._files.values():
-                shutil.rmtree(stale[0].parent, ignore_errors=True)
-            self._files.clear()
-            folder = Path(self._folder.name) / uuid.uuid4().hex[:8]
-            folder.mkdir()
-            weights = onnx.load(str(loaded.path), load_external_data=False)
-            files = self._files[tuple(tensor.shape)] = write_pieces(weights, pieces, types, folder)
-            del weights
-            release_memory()
-
-        def open_piece(path: Path):
-            session = create_session(
-                path, options.provider, loaded.path.parent, loaded.external_data, options.threads, arena=False
-            )
-            self.provider = self.provider or session.get_providers()[0]
-            return session
-
-        yield from run_pieces(files, pieces, {self.plan.input.name: tensor}, open_piece, before_pass)
-
-
 def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[str]) -> LayerActivation | None:
     """Check one returned tensor against the plan; its (C, H, W) activation, or None when it cannot be drawn."""
     problem = _shape_problem(named, raw.shape)
@@ -461,7 +298,7 @@ def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[
 
 
 def _passed_layers(
-    plan: ModelPlan, runner: _Runner, pieces, types, result: ImageActivations, started: float, before_pass=None
+    plan: ModelPlan, runner: Runner, pieces, types, result: ImageActivations, started: float, before_pass=None
 ):
     by_tensor = {named.candidate.tensor: named for named in plan.tensors}
     for tensor, raw in runner.run_in_passes(pieces, types, result.input_tensor, before_pass):
@@ -483,11 +320,11 @@ def compute_activations(
     order, that runs each pass as it is consumed.
     """
     options = options or RenderOptions()
-    yield from _compute(plan, expand_image_paths(images), options, _Runner(plan, options, session))
+    yield from _compute(plan, expand_image_paths(images), options, Runner(plan, options, session))
 
 
 def _compute(
-    plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: _Runner, before_pass=None
+    plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None
 ) -> Iterator[ImageActivations]:
     preset = options.preprocess or ("raw" if plan.input.elem_type in (2, 3) else DEFAULT_PRESET)
     names = [named.candidate.tensor for named in plan.tensors]
@@ -677,7 +514,7 @@ _last_model: list = []  # [(key, plan, runner)]: the model of the last render, k
 _last_model_lock = threading.Lock()
 
 
-def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, _Runner]:
+def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runner]:
     """The plan and runner (with its open session) of the last render when it had the same model file and
     the same model options, else new ones.
 
@@ -689,7 +526,7 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, _Runn
     try:
         stat = model_path.stat()
     except OSError:
-        return (plan := plan_model(model_path, options)), _Runner(plan, options)
+        return (plan := plan_model(model_path, options)), Runner(plan, options)
     key = (
         str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, options.ops, options.all_spatial,
         options.input_layout, options.provider, options.threads, options.max_memory,
@@ -701,7 +538,7 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, _Runn
             return _last_model[0][1], _last_model[0][2]
         _last_model.clear()  # the old session goes before the new one is opened
     plan = plan_model(model_path, options)
-    runner = _Runner(plan, options)
+    runner = Runner(plan, options)
     with _last_model_lock:
         _last_model[:] = [(key, plan, runner)]
     return plan, runner

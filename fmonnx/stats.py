@@ -74,7 +74,8 @@ def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options
     "stats": layer_summary, "channels": channel_records}], "problems": [...]}``.
     """
     from .normalize import channel_stats
-    from .render import compute_activations, open_session, plan_model
+    from .render import compute_activations, plan_model
+    from .runner import open_session
 
     plan = plan_model(model_path, options)
     session = open_session(plan, options)
