@@ -22,16 +22,12 @@ _PROCESS_STARTED = time.perf_counter()  # the reported time includes loading num
 OPS_HELP = "Comma-separated op types to show [default: Conv,Relu,MaxPool, or the layers recorded by fmonnx convert]."
 
 
-def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc))
-
-
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FmonnxError as exc:
-            _fail(exc)
+            raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written.", err=True)
             sys.exit(130)

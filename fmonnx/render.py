@@ -311,16 +311,17 @@ def _passed_layers(
 
 
 def compute_activations(
-    plan: ModelPlan, images: list[str | os.PathLike], options: RenderOptions | None = None, session=None
+    plan: ModelPlan, images: list[str | os.PathLike], options: RenderOptions | None = None,
+    runner: Runner | None = None,
 ) -> Iterator[ImageActivations]:
     """Run every image through the exposed model; yields one ImageActivations per image.
 
     When an image's tensors would not fit the memory bound (``max_memory``) it is
     run in passes (see passes.py): its ``layers`` is then an iterator, in graph
-    order, that runs each pass as it is consumed.
+    order, that runs each pass as it is consumed. ``runner.provider`` says what ran.
     """
     options = options or RenderOptions()
-    yield from _compute(plan, expand_image_paths(images), options, Runner(plan, options, session))
+    yield from _compute(plan, expand_image_paths(images), options, runner or Runner(plan, options))
 
 
 def _compute(
@@ -499,7 +500,7 @@ def render(
             "files": files,
             "seconds": {"plan": planned - started},
         }
-        manifest["seconds"]["total"] = time.perf_counter() - started
+        manifest["seconds"]["total"] = time.perf_counter() - started  # what the page's header shows
         if options.report:
             files.extend(write_report(staging, manifest, [photo.result() for photo in photos]))
             manifest["seconds"]["total"] = time.perf_counter() - started
@@ -507,7 +508,7 @@ def render(
     for image in manifest["images"]:  # their per-channel columns are in manifest.json, read when asked for
         for layer in image["layers"]:
             del layer["channels"]
-    return RenderResult(None, Path(out), outline=manifest)
+    return RenderResult(Path(out), outline=manifest)
 
 
 _last_model: list = []  # [(key, plan, runner)]: the model of the last render, kept for the next

@@ -35,20 +35,18 @@ class RenderResult:
     """A finished render: ``manifest`` (the manifest.json dict) and ``folder`` (where it was written).
 
     ``result["images"]`` reads the manifest too, so code written for the dict keeps working.
-    With ``manifest`` None it is read from ``folder`` when first used; ``outline`` (the manifest
-    less each layer's ``channels``) then serves the summary views meanwhile.
+    The manifest is read from ``folder`` when first used; ``outline`` (the manifest less each
+    layer's ``channels``, kept from the render) serves the summary views meanwhile.
     """
 
-    def __init__(self, manifest: dict | None, folder: str | Path, outline: dict | None = None):
-        if manifest is None and outline is None:
-            raise ValueError("RenderResult needs a manifest or an outline")
-        self._manifest = manifest
+    def __init__(self, folder: str | Path, outline: dict):
+        self._manifest: dict | None = None
         self.folder = Path(folder)
-        self._outline = outline
+        self._outline: dict | None = outline
 
     @property
     def manifest(self) -> dict:
-        """What manifest.json holds (read from the folder on first use when the render did not keep it)."""
+        """What manifest.json holds (read from the folder on first use)."""
         if self._manifest is None:
             path = self.folder / "manifest.json"
             try:

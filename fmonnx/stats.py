@@ -74,12 +74,13 @@ def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options
     "stats": layer_summary, "channels": channel_records}], "problems": [...]}``.
     """
     from .normalize import channel_stats
-    from .render import compute_activations, plan_model
-    from .runner import open_session
+    from .render import RenderOptions, compute_activations, plan_model
+    from .runner import Runner
 
+    options = options or RenderOptions()
     plan = plan_model(model_path, options)
-    session = open_session(plan, options)
-    result = next(compute_activations(plan, [image], options, session))
+    runner = Runner(plan, options)  # opens the session only if one run fits the memory bound
+    result = next(compute_activations(plan, [image], options, runner))
     layers = []
     for layer in result.layers:
         stats = channel_stats(layer.values)
@@ -96,7 +97,7 @@ def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options
     return {
         "model": str(model_path),
         "image": str(result.image),
-        "provider": session.get_providers()[0],
+        "provider": runner.provider,
         "preprocess": result.preprocess,
         "layers": layers,
         "problems": result.problems,
