@@ -1,4 +1,4 @@
-"""Time ``fmonnx.convert.convert_keras`` on ResNet50 and MobileNetV2 and report the worst layer error.
+"""Time ``fmonnx.sources.keras.convert.convert_keras`` on ResNet50 and MobileNetV2 and report the worst layer error.
 
 The models come from ``keras.applications`` / ``tf_keras.applications`` with
 ``weights=None`` (random weights, nothing downloaded), saved once under
@@ -25,7 +25,7 @@ FORMATS = ("keras3.keras", "keras3.h5", "tf_keras.h5")
 CONVERT = """
 import json, sys, time
 start = time.perf_counter()
-from fmonnx.convert import convert_keras
+from fmonnx.sources.keras.convert import convert_keras
 result = convert_keras(sys.argv[1])
 wall = time.perf_counter() - start
 report = result.check

@@ -108,7 +108,7 @@ class Table:
 
 
 def bound_of(model: Path, largest: int) -> int:
-    from fmonnx.passes import memory_bound
+    from fmonnx.stages.passes import memory_bound
 
     return memory_bound(model.stat().st_size, largest)
 
@@ -116,24 +116,21 @@ def bound_of(model: Path, largest: int) -> int:
 def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, provider: str) -> dict:
     import onnxruntime as ort
 
-    from fmonnx.colormap import palette
-    from fmonnx.normalize import channel_stats
-    from fmonnx.render import (
-        RenderOptions,
-        _compute,
-        _last_model,
-        draw_layer,
-        plan_model,
-        render,
-    )
-    from fmonnx.run import run_session
-    from fmonnx.runner import Runner, open_session
-    from fmonnx.write import PictureWriter, encode_png
+    from fmonnx import RenderOptions, render
+    from fmonnx.frontends.render import _last_model
+    from fmonnx.stages.activations import run_images
+    from fmonnx.stages.colormap import palette
+    from fmonnx.stages.draw import draw_layer
+    from fmonnx.stages.normalize import channel_stats
+    from fmonnx.stages.plan import plan_model
+    from fmonnx.stages.run import run_session
+    from fmonnx.stages.runner import Runner, open_session
+    from fmonnx.stages.write import PictureWriter, encode_png
 
     options = RenderOptions(report=False, provider=provider)
     plan = plan_model(model, options)
     runner = Runner(plan, options)
-    result = next(_compute(plan, [photo], options, runner))
+    result = next(run_images(plan, [photo], options, runner))
     feed = {plan.input.name: result.input_tensor}
     layers = list(result.layers)
     largest = max(layer.values.nbytes for layer in layers)
@@ -223,9 +220,10 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
 
 _SESSION_PROBE = """
 import os, sys, time, numpy as np, onnxruntime as ort
-from fmonnx.render import RenderOptions, plan_model
-from fmonnx.expose import exposed_suffix
-from fmonnx.run import session_options
+from fmonnx import RenderOptions
+from fmonnx.stages.plan import plan_model
+from fmonnx.stages.expose import exposed_suffix
+from fmonnx.stages.run import session_options
 path, level, spin = sys.argv[1], sys.argv[2], sys.argv[3]
 plan = plan_model(path, RenderOptions())
 names = [n.candidate.tensor for n in plan.tensors]
@@ -266,7 +264,7 @@ def bench_session_options(model: Path, runs: int) -> None:
 def _providers(provider: str) -> list[str]:
     import onnxruntime
 
-    from fmonnx.run import resolve_providers
+    from fmonnx.stages.run import resolve_providers
 
     return resolve_providers(provider, onnxruntime.get_available_providers())
 
@@ -282,7 +280,7 @@ def bench_cli(runs: int) -> None:
 
 
 def bench_throughput(model: Path, photo: Path, count: int, workdir: Path, provider: str) -> None:
-    from fmonnx.render import RenderOptions, render
+    from fmonnx import RenderOptions, render
 
     folder = workdir / "photos"
     folder.mkdir(exist_ok=True)
@@ -343,10 +341,10 @@ def main() -> None:
     args = parser.parse_args()
     runs = args.runs or (5 if args.quick else 10)
 
-    from fmonnx.render import demo_paths
+    from fmonnx.stages.plan import demo_paths
 
     _, photo = demo_paths()
-    from fmonnx.write import deflate_backend
+    from fmonnx.stages.write import deflate_backend
 
     print(f"Machine: {machine()}")
     print(f"Provider: {args.provider}; PNG deflate: {deflate_backend()} (isal when installed, else zlib)")

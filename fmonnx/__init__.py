@@ -10,19 +10,40 @@
 
 from __future__ import annotations
 
+import importlib
+
 from ._version import __version__
 
-__all__ = ["__version__", "render", "activations", "list_layers", "RenderOptions", "FmonnxError"]
+__all__ = [
+    "__version__",
+    "render",
+    "activations",
+    "list_layers",
+    "layer_stats",
+    "RenderOptions",
+    "FmonnxError",
+]
+
+# Public name -> the module that defines it. Modules load on first use, so `import fmonnx`
+# stays instant (no numpy, onnx or onnxruntime). No module is named like a public function,
+# so importing one never replaces the function on this package.
+_PUBLIC = {
+    "render": "fmonnx.frontends.render",
+    "activations": "fmonnx.stages.activations",
+    "list_layers": "fmonnx.stages.plan",
+    "layer_stats": "fmonnx.frontends.stats",
+    "RenderOptions": "fmonnx.options",
+    "FmonnxError": "fmonnx.errors",
+}
 
 
 def __getattr__(name: str):
-    # numpy, onnx and onnxruntime load on first use, so `import fmonnx` stays instant
-    if name in ("render", "activations", "list_layers", "RenderOptions"):
-        from . import render as _render
-
-        return getattr(_render, name)
-    if name == "FmonnxError":
-        from .errors import FmonnxError
-
-        return FmonnxError
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'fmonnx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -159,8 +159,8 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
 
     With no arguments, renders the embedded demo CNN on a sample photo.
     """
-    from .render import RenderOptions
-    from .render import render as render_folder
+    from .frontends.render import render as render_folder
+    from .options import RenderOptions
 
     options = RenderOptions(
         ops=_parse_ops(ops),
@@ -213,7 +213,8 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def layers(model, ops, all_spatial, input_layout, as_json):
     """List the tensors of MODEL that can be shown, with op and C x H x W shape."""
-    from .render import RenderOptions, list_layers
+    from .options import RenderOptions
+    from .stages.plan import list_layers
 
     options = RenderOptions(
         ops=_parse_ops(ops), all_spatial=all_spatial, input_layout=input_layout.upper() if input_layout else None
@@ -240,8 +241,9 @@ def layers(model, ops, all_spatial, input_layout, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with per-channel columns) instead of a table.")
 def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as_json):
     """Per-layer activation statistics of MODEL on IMAGE; layers with dead channels are flagged."""
-    from .render import RenderOptions
-    from .stats import format_table, layer_stats
+    from .frontends.stats import layer_stats
+    from .options import RenderOptions
+    from .stages.stats import format_table
 
     options = RenderOptions(
         ops=_parse_ops(ops),
@@ -277,7 +279,7 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
     """
     from pathlib import Path
 
-    from .convert import convert_keras, write_model
+    from .sources.keras.convert import convert_keras, write_model
 
     target = Path(out) if out else Path(model).with_suffix(".onnx")
     # Checked before the slow conversion, not after it.

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmonnx.normalize import normalize
-from fmonnx.render import RenderOptions, render
+from fmonnx import RenderOptions, render
+from fmonnx.stages.normalize import normalize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [

@@ -231,8 +231,8 @@ def test_rendering_into_the_current_folder_is_refused(tmp_path, copy_model_path,
 
 
 def test_library_options_are_checked_before_any_work(copy_model_path, photo, tmp_path):
+    from fmonnx import RenderOptions, render
     from fmonnx.errors import FmonnxError
-    from fmonnx.render import RenderOptions, render
 
     for options in (RenderOptions(normalization="zscore"), RenderOptions(layout="spiral"),
                     RenderOptions(preprocess="bgr")):

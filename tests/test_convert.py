@@ -1,4 +1,4 @@
-"""Tests of the Keras -> ONNX converter (fmonnx.convert and its keras_* modules).
+"""Tests of the Keras -> ONNX converter (fmonnx.sources.keras.convert and its keras_* modules).
 
 The first part needs no TensorFlow: file sniffing, bad files, Lambda refusal
 from the stored config, the comparison arithmetic and writing. The tests
@@ -21,7 +21,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fmonnx.convert import (
+from fmonnx.errors import ModelError, OutputError
+from fmonnx.sources.keras.check import compare, random_inputs
+from fmonnx.sources.keras.convert import (
     METADATA_LAYERS,
     METADATA_SOURCE,
     CheckFailedError,
@@ -30,9 +32,7 @@ from fmonnx.convert import (
     is_keras_file,
     write_model,
 )
-from fmonnx.errors import ModelError, OutputError
-from fmonnx.keras_check import compare, random_inputs
-from fmonnx.keras_file import choose_loader, lambda_layers, layer_configs, read_keras_file
+from fmonnx.sources.keras.file import choose_loader, lambda_layers, layer_configs, read_keras_file
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -67,7 +67,7 @@ LAMBDA_CONFIG = {
 
 def test_import_does_not_load_tensorflow():
     heavy = "('tensorflow', 'keras', 'tf_keras', 'tf2onnx', 'h5py')"
-    code = f"import sys, fmonnx.convert; print(any(m in sys.modules for m in {heavy}))"
+    code = f"import sys, fmonnx.sources.keras.convert; print(any(m in sys.modules for m in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -171,7 +171,7 @@ def test_lambda_refused_from_config_before_loading(tmp_path):
     ],
 )
 def test_choose_loader(fmt, version, loader):
-    from fmonnx.keras_file import KerasFile
+    from fmonnx.sources.keras.file import KerasFile
 
     assert choose_loader(KerasFile(None, fmt, version, {})) == loader
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fmonnx.decimals import json_lists, json_numbers, round_significant
+from fmonnx.stages.decimals import json_lists, json_numbers, round_significant
 
 
 def python_text(values, separators=None) -> str:
@@ -45,7 +45,7 @@ def test_lists_are_cut_from_one_run_of_values():
 
 
 def test_blocks_join_seamlessly(monkeypatch):
-    import fmonnx.decimals as decimals
+    import fmonnx.stages.decimals as decimals
 
     monkeypatch.setattr(decimals, "_BLOCK", 7)  # lists, blocks and Python's few numbers all cut differently
     values = np.concatenate([samples()["edges"], np.random.default_rng(1).standard_normal(40)])

@@ -9,10 +9,10 @@ from conftest import copy_model_nchw, dynamic_rgb_model, make_model, rgb_identit
 from onnx import TensorProto, helper
 
 from fmonnx.errors import ModelError
-from fmonnx.expose import DEFAULT_OPS, expose_outputs, find_candidates
-from fmonnx.layout import channel_axes, detect_input_layout
-from fmonnx.names import LAYERS_KEY, name_tensors
-from fmonnx.shapes import infer_types
+from fmonnx.stages.expose import DEFAULT_OPS, expose_outputs, find_candidates
+from fmonnx.stages.layout import channel_axes, detect_input_layout
+from fmonnx.stages.names import LAYERS_KEY, name_tensors
+from fmonnx.stages.shapes import infer_types
 
 
 def plan(model, ops=DEFAULT_OPS, **kwargs):

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from conftest import copy_model_nchw
 
-from fmonnx.render import RenderOptions, activations, list_layers, render
+from fmonnx import RenderOptions, activations, list_layers, render
 
 
 def test_keras_tutorial_model_names_and_layout(models_dir):
@@ -38,7 +38,7 @@ def test_pytorch_model_names(models_dir):
 def test_keras_model_first_layer_matches_the_model_itself(models_dir, tmp_path):
     """The map labelled conv2d is the Relu output of the first conv, in channel order:
     checked against the original model's own graph run up to that tensor."""
-    from fmonnx.render import demo_paths
+    from fmonnx.stages.plan import demo_paths
 
     _, photo = demo_paths()
     options = RenderOptions(save_arrays=True)

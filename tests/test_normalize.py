@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fmonnx.normalize import channel_stats, normalize
+from fmonnx.stages.normalize import channel_stats, normalize
 
 
 def tutorial(channel: np.ndarray) -> np.ndarray:

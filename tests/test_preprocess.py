@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from fmonnx.errors import ImageError
-from fmonnx.layout import Layout
-from fmonnx.preprocess import InputSpec, expand_image_paths, load_image, prepare_input, target_size
+from fmonnx.stages.layout import Layout
+from fmonnx.stages.preprocess import InputSpec, expand_image_paths, load_image, prepare_input, target_size
 
 NCHW, NHWC = Layout(1, True), Layout(3, True)
 

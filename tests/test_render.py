@@ -7,8 +7,8 @@ import pytest
 from conftest import dynamic_rgb_model, rgb_identity_model_nhwc, save
 from PIL import Image
 
-from fmonnx.normalize import normalize
-from fmonnx.render import RenderOptions, activations, list_layers, render
+from fmonnx import RenderOptions, activations, list_layers, render
+from fmonnx.stages.normalize import normalize
 
 
 def read_manifest(folder):

@@ -10,10 +10,10 @@ import pytest
 from conftest import copy_weights, make_model, save
 from onnx import TensorProto, helper
 
-import fmonnx.report as report
-from fmonnx.normalize import channel_stats
-from fmonnx.render import RenderOptions, render
-from fmonnx.result import RenderResult
+import fmonnx.report.page as report
+from fmonnx import RenderOptions, render
+from fmonnx.report.result import RenderResult
+from fmonnx.stages.normalize import channel_stats
 
 
 def page_payload(index_html: str) -> dict:
@@ -161,7 +161,7 @@ def test_plot_layer_draws_a_matplotlib_figure(copy_model_path, write_image, grad
 
 def test_render_and_repr_do_not_import_matplotlib(copy_model_path, write_image, gradient_rgb, tmp_path):
     script = (
-        "import sys; from fmonnx.render import render; "
+        "import sys; from fmonnx import render; "
         f"r = render({str(copy_model_path)!r}, [{str(write_image(gradient_rgb))!r}], {str(tmp_path / 'm')!r}); "
         "r._repr_html_(); print('matplotlib' in sys.modules)"
     )

@@ -14,14 +14,16 @@ from conftest import make_model, save
 from onnx import TensorProto, helper
 from PIL import Image
 
+from fmonnx import RenderOptions, activations, render
 from fmonnx.cli import cli
-from fmonnx.colormap import palette
 from fmonnx.errors import FmonnxError
-from fmonnx.passes import NodeSketch, memory_bound, plan_passes, tensor_bytes
-from fmonnx.render import RenderOptions, activations, compute_activations, plan_model, render
-from fmonnx.shapes import TensorType
-from fmonnx.tile import tile
-from fmonnx.write import PictureWriter, Spill, encode_png, json_pieces, manifest_json
+from fmonnx.stages.activations import compute_activations
+from fmonnx.stages.colormap import palette
+from fmonnx.stages.passes import NodeSketch, memory_bound, plan_passes, tensor_bytes
+from fmonnx.stages.plan import plan_model
+from fmonnx.stages.shapes import TensorType
+from fmonnx.stages.tile import tile
+from fmonnx.stages.write import PictureWriter, Spill, encode_png, json_pieces, manifest_json
 
 MIB = 2**20
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from fmonnx import RenderOptions, layer_stats, render
 from fmonnx.cli import cli
-from fmonnx.normalize import channel_stats
-from fmonnx.render import RenderOptions, render
-from fmonnx.stats import channel_records, format_table, layer_stats, layer_summary
+from fmonnx.stages.normalize import channel_stats
+from fmonnx.stages.stats import channel_records, format_table, layer_summary
 
 
 def known_layer() -> np.ndarray:

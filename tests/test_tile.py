@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fmonnx.tile import tile
+from fmonnx.stages.tile import tile
 
 
 def channels(count, height, width):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FmonnxError
+from ..errors import FmonnxError
 
 __all__ = ["RenderResult"]
 
@@ -102,7 +102,7 @@ class RenderResult:
     def maps(self, layer: str | int, image: int = 0) -> np.ndarray:
         """(C, H, W) float32 activations of ``layer``: exact from its .npy when the render saved arrays,
         else rebuilt from the report's uint8 data (within (max - min) / 510 per channel)."""
-        from .report import dequantize, read_layer_data
+        from .page import dequantize, read_layer_data
 
         entry = self.layer(layer, image)
         if "array" in entry:
@@ -129,9 +129,9 @@ class RenderResult:
         """
         import matplotlib.pyplot as plt
 
-        from .colormap import lookup_table
-        from .normalize import normalize
-        from .tile import tile
+        from ..stages.colormap import lookup_table
+        from ..stages.normalize import normalize
+        from ..stages.tile import tile
 
         entry = self.layer(layer, image)
         options = self.manifest.get("options", {})
@@ -166,7 +166,7 @@ class RenderResult:
     def _thumbnail(self, entry: dict) -> str:
         from PIL import Image
 
-        from .write import TITLE_HEIGHT
+        from ..stages.write import TITLE_HEIGHT
 
         try:
             with Image.open(self.folder / entry["png"]) as picture:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .keras_file import is_keras_file
+from .keras.file import is_keras_file
 
 __all__ = ["onnx_path_for", "conversion_record"]
 
@@ -45,7 +45,7 @@ def onnx_path_for(path: str | os.PathLike) -> Path:
         return path
     key = _key(path)
     if key not in _converted:
-        from .convert import convert_keras, write_model
+        from .keras.convert import convert_keras, write_model
 
         result = convert_keras(path)
         target = _temporary_folder() / f"{len(_converted)}_{path.stem}.onnx"

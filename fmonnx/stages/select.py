@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .errors import FmonnxError
+from ..errors import FmonnxError
 from .normalize import ChannelStats
 
 __all__ = ["check_selection", "select_channels", "describe_selection"]

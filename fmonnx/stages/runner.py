@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .errors import ImageError
+from ..errors import ImageError
 from .expose import exposed_suffix
 from .layout import chw_shape
 from .normalize import CHUNK_VALUES
@@ -43,7 +43,8 @@ from .tile import plan_grid
 from .write import default_jobs
 
 if TYPE_CHECKING:
-    from .render import ModelPlan, RenderOptions
+    from ..options import RenderOptions
+    from .plan import ModelPlan
 
 __all__ = ["open_session", "Runner"]
 
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 def open_session(plan: ModelPlan, options: RenderOptions | None = None):
     """An onnxruntime session of the model with every planned tensor exposed as an output."""
     if options is None:
-        from .render import RenderOptions
+        from ..options import RenderOptions
 
         options = RenderOptions()
     loaded = plan.loaded

@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .colormap import DEFAULT_CMAP, lookup_table
-from .errors import FmonnxError
-from .normalize import ChannelStats
-from .tile import MAX_SIDE, tile
-from .write import encode_png, json_pieces
+from ..errors import FmonnxError
+from ..stages.colormap import DEFAULT_CMAP, lookup_table
+from ..stages.normalize import ChannelStats
+from ..stages.tile import MAX_SIDE, tile
+from ..stages.write import encode_png, json_pieces
 
 __all__ = [
     "INDEX",
@@ -63,7 +63,7 @@ INDEX = "index.html"
 REPORT_DIR = "report"
 PAGE_CMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "gray", "turbo", "coolwarm", "RdBu_r", "jet")
 ENCODING = "uint8 per-channel min-max, grayscale PNG atlas, base64 in a script"
-_ASSETS = Path(__file__).parent / "report_assets"
+_ASSETS = Path(__file__).parent / "assets"
 _CHUNK = 1 << 22  # values quantized at a time: bounds the float temporaries of a huge layer
 _GRAY_RAMP = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
 _PHOTO_SIDE = 512  # input pictures larger than this are shown downscaled
@@ -171,7 +171,7 @@ def read_layer_data(root: str | Path, geometry: dict) -> np.ndarray:
 
 def _photo(path: str, size: list[int] | None) -> Image.Image | None:
     """The input photo at the size fed to the model (RGB, so the page can show it as it is)."""
-    from .preprocess import load_image
+    from ..stages.preprocess import load_image
 
     try:
         pixels = load_image(path, 3)

@@ -49,12 +49,20 @@ from typing import Any
 import onnx
 
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError, OutputError
-from fmonnx.keras_check import CheckFailedError, CheckReport, compare, random_inputs
-from fmonnx.keras_file import choose_loader, is_keras_file, lambda_layers, read_keras_file
-from fmonnx.keras_load import INSTALL_HINT, import_keras, import_tensorflow, load_keras_model
-from fmonnx.keras_onnx import name_inner_tensors, name_outputs, strip_markers
-from fmonnx.keras_trace import MARKER_PATTERN, leaves, marker, model_io_names, recording, run_eagerly, traced_function
-from fmonnx.names import LAYERS_KEY, SOURCE_KEY
+from fmonnx.sources.keras.check import CheckFailedError, CheckReport, compare, random_inputs
+from fmonnx.sources.keras.file import choose_loader, is_keras_file, lambda_layers, read_keras_file
+from fmonnx.sources.keras.load import INSTALL_HINT, import_keras, import_tensorflow, load_keras_model
+from fmonnx.sources.keras.to_onnx import name_inner_tensors, name_outputs, strip_markers
+from fmonnx.sources.keras.trace import (
+    MARKER_PATTERN,
+    leaves,
+    marker,
+    model_io_names,
+    recording,
+    run_eagerly,
+    traced_function,
+)
+from fmonnx.stages.names import LAYERS_KEY, SOURCE_KEY
 
 __all__ = [
     "ConversionResult",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FmonnxError
+from ..errors import FmonnxError
 
 __all__ = ["DEFAULT_CMAP", "lookup_table", "palette", "to_palette_indices", "BACKGROUND", "INK", "DATA_LEVELS"]
 
@@ -25,7 +25,7 @@ BACKGROUND = 254
 INK = 255
 _BACKGROUND_RGB = (255, 255, 255)
 _INK_RGB = (30, 30, 30)
-_SHIPPED = Path(__file__).parent / "data" / "colormaps.npz"
+_SHIPPED = Path(__file__).parent.parent / "data" / "colormaps.npz"
 
 
 @lru_cache(maxsize=None)

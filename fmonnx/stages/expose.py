@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from .errors import ModelError
+from ..errors import ModelError
 from .shapes import TensorType
 
 __all__ = ["DEFAULT_OPS", "Candidate", "find_candidates", "expose_outputs", "exposed_suffix"]

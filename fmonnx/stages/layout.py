@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from .errors import ModelError
+from ..errors import ModelError
 from .shapes import TensorType
 
 __all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "IMAGE_CHANNELS"]

@@ -4,8 +4,7 @@
 channel) for the manifest, ``channel_columns`` writes the same columns as JSON
 text (what a render keeps of them until the manifest is written),
 ``layer_summary`` gives the layer's numbers,
-``layer_stats`` runs a model on one image and returns both for every shown
-layer (nothing is written), ``format_table`` lays the rows out for a terminal.
+``format_table`` lays the rows out for a terminal.
 
 Columns rather than one record per channel keep a 2048-channel layer small in
 JSON, and load straight into a table: ``pandas.DataFrame(layer["channels"])``.
@@ -15,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
 
 from .decimals import json_lists, round_significant
 from .normalize import ChannelStats
 
-__all__ = ["CHANNEL_FIELDS", "channel_records", "channel_columns", "layer_summary", "layer_stats", "format_table"]
+__all__ = ["CHANNEL_FIELDS", "channel_records", "channel_columns", "layer_summary", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -65,43 +63,6 @@ def layer_summary(stats: ChannelStats) -> dict:
     summary["channels"] = count
     summary["dead_indices"] = np.flatnonzero(stats.dead).tolist()
     return summary
-
-
-def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options=None) -> dict:
-    """Run ``model_path`` on ``image``; per shown layer its summary and per-channel records.
-
-    Returns ``{"model", "image", "provider", "layers": [{"name", "op", "tensor", "shape",
-    "stats": layer_summary, "channels": channel_records}], "problems": [...]}``.
-    """
-    from .normalize import channel_stats
-    from .render import RenderOptions, compute_activations, plan_model
-    from .runner import Runner
-
-    options = options or RenderOptions()
-    plan = plan_model(model_path, options)
-    runner = Runner(plan, options)  # opens the session only if one run fits the memory bound
-    result = next(compute_activations(plan, [image], options, runner))
-    layers = []
-    for layer in result.layers:
-        stats = channel_stats(layer.values)
-        layers.append(
-            {
-                "name": layer.named.name,
-                "op": layer.named.candidate.op,
-                "tensor": layer.named.candidate.tensor,
-                "shape": list(layer.values.shape),
-                "stats": layer_summary(stats),
-                "channels": channel_records(stats),
-            }
-        )
-    return {
-        "model": str(model_path),
-        "image": str(result.image),
-        "provider": runner.provider,
-        "preprocess": result.preprocess,
-        "layers": layers,
-        "problems": result.problems,
-    }
 
 
 def _number(value: float) -> str:

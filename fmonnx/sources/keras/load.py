@@ -12,7 +12,7 @@ import os
 from types import ModuleType
 
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError
-from fmonnx.keras_file import KerasFile, layer_configs
+from fmonnx.sources.keras.file import KerasFile, layer_configs
 
 __all__ = ["import_tensorflow", "import_keras", "load_keras_model", "LOADERS"]
 

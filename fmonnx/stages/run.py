@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import ModelError, ProviderError
+from ..errors import ModelError, ProviderError
 
 __all__ = ["PROVIDERS", "resolve_providers", "session_options", "create_session", "run_session"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["LoadedModel", "load_model"]
 

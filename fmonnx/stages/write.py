@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import OutputError
 from .colormap import BACKGROUND, INK, palette
-from .errors import OutputError
 
 __all__ = [
     "staged_output",

@@ -1,0 +1,306 @@
+"""The render front-end: plan a model, compute activations, draw, write a folder with a manifest and a page.
+
+An orchestrator over the stages: ``stages.plan`` (ModelProto -> what to show
+and how it is laid out), ``stages.activations`` (images -> ``{name: (C, H, W)}``),
+``stages.draw`` (activations -> palette pictures), ``stages.write`` and ``report``
+(files). Image i is drawn on writer threads while image i + 1 runs through the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..options import RenderOptions, check_choices
+from ..report.page import data_file, write_layer_data, write_photo, write_report
+from ..report.result import RenderResult
+from ..stages.activations import ImageActivations, LayerActivation, run_images
+from ..stages.colormap import lookup_table, to_palette_indices
+from ..stages.draw import OVERVIEW_CHANNELS, draw_layer, draw_overview
+from ..stages.layout import Layout
+from ..stages.normalize import ChannelStats, channel_stats, normalize
+from ..stages.plan import ModelPlan, demo_paths, plan_model
+from ..stages.preprocess import expand_image_paths
+from ..stages.runner import Runner
+from ..stages.select import check_selection, describe_selection, select_channels
+from ..stages.stats import channel_columns, layer_summary
+from ..stages.write import (
+    PictureWriter,
+    Spill,
+    file_stem,
+    staged_output,
+    write_array,
+    write_manifest,
+    write_picture,
+)
+
+__all__ = ["render"]
+
+log = logging.getLogger(__name__)
+
+def _image_folders(paths: list[Path]) -> list[str]:
+    if len(paths) == 1:
+        return [""]
+    folders, seen = [], set()
+    for index, path in enumerate(paths):
+        stem = file_stem(index, path.stem)
+        folders.append(stem if stem not in seen else f"{stem}_{index}")
+        seen.add(folders[-1])
+    return folders
+
+
+
+def render(
+    model_path: str | os.PathLike | None = None,
+    images: list[str | os.PathLike] | None = None,
+    out: str | os.PathLike = "feature_maps",
+    options: RenderOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RenderResult:
+    """Render every shown tensor of ``model_path`` for ``images`` into ``out``.
+
+    Returns a RenderResult: ``.manifest`` is what manifest.json holds; in a notebook it shows itself.
+
+    With no model, the embedded demo model; with no images, matplotlib's sample photo.
+    ``progress(done, total)`` is called after each image. Pictures are encoded on
+    ``options.jobs`` threads while the next image runs through the model.
+    """
+    options = options or RenderOptions()
+    check_selection(options.max_channels, options.top)
+    check_choices(options)
+    started = time.perf_counter()
+    model_path = Path(model_path) if model_path is not None else demo_paths()[0]
+    image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
+    lookup_table(options.cmap)  # an unknown colormap fails before any work
+    plan, runner = _planned(model_path, options)
+    planned = time.perf_counter()
+    folders = _image_folders(image_paths)
+    files: list[str] = []
+    entries = []
+    photos = []  # futures of the report's input pictures
+    with staged_output(out) as staging, Spill(staging) as spill:
+        with PictureWriter(options.jobs) as writer:
+            # image i is drawn on the writer's threads while image i + 1 runs through the model
+            pending = None
+            # in passes, what a pass gave is drawn before the next runs (writer.drain)
+            for folder, result in zip(folders, run_images(plan, image_paths, options, runner, writer.drain)):
+                if options.report:
+                    size = result.preprocess.get("resize")
+                    photos.append(writer.submit(0, write_photo, staging, len(photos), result.image, size))
+                job = _start_image(staging, folder, result, options, writer, spill)
+                if pending is not None:
+                    entries.append(_finish_image(pending, plan.input_layout, options, files, writer))
+                    if progress is not None:
+                        progress(len(entries), len(image_paths))
+                pending = job
+            if pending is not None:
+                entries.append(_finish_image(pending, plan.input_layout, options, files, writer))
+                if progress is not None:
+                    progress(len(entries), len(image_paths))
+        manifest = {
+            "model": str(model_path),
+            "source": plan.source,
+            "provider": runner.provider,
+            "fmonnx_version": __version__,
+            "options": {
+                "normalization": options.normalization,
+                "layout": options.layout,
+                "cmap": options.cmap,
+                "ops": list(options.ops) if options.ops is not None else None,
+                "all_spatial": options.all_spatial,
+                "max_channels": options.max_channels,
+                "top": options.top,
+                "max_memory": options.max_memory,
+            },
+            "input": {"name": plan.input.name, "shape": list(plan.input.shape), "layout": plan.input_layout.name},
+            "images": entries,
+            "files": files,
+            "seconds": {"plan": planned - started},
+        }
+        manifest["seconds"]["total"] = time.perf_counter() - started  # what the page's header shows
+        if options.report:
+            files.extend(write_report(staging, manifest, [photo.result() for photo in photos]))
+            manifest["seconds"]["total"] = time.perf_counter() - started
+        write_manifest(staging, manifest)
+    for image in manifest["images"]:  # their per-channel columns are in manifest.json, read when asked for
+        for layer in image["layers"]:
+            del layer["channels"]
+    return RenderResult(Path(out), outline=manifest)
+
+
+_last_model: list = []  # [(key, plan, runner)]: the model of the last render, kept for the next
+_last_model_lock = threading.Lock()
+
+
+def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runner]:
+    """The plan and runner (with its open session) of the last render when it had the same model file and
+    the same model options, else new ones.
+
+    A warm process (a notebook, a script rendering in a loop) skips reading, planning
+    and opening the model again: 0.25 s of a ResNet-50's 0.5 s. The file's size and
+    modification time are part of the key, so an edited model is read again. Only
+    the last model is kept.
+    """
+    try:
+        stat = model_path.stat()
+    except OSError:
+        return (plan := plan_model(model_path, options)), Runner(plan, options)
+    key = (
+        str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, options.ops, options.all_spatial,
+        options.input_layout, options.provider, options.threads, options.max_memory,
+        # the pass planner's drawing estimate reads these
+        options.layout, options.top, options.max_channels, options.jobs,
+    )
+    with _last_model_lock:
+        if _last_model and _last_model[0][0] == key:
+            return _last_model[0][1], _last_model[0][2]
+        _last_model.clear()  # the old session goes before the new one is opened
+    plan = plan_model(model_path, options)
+    runner = Runner(plan, options)
+    with _last_model_lock:
+        _last_model[:] = [(key, plan, runner)]
+    return plan, runner
+
+
+def _consume(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
+    """Yield each layer, dropping the list's reference to it, so its array is freed once drawn."""
+    if isinstance(layers, list):
+        layers.reverse()
+        while layers:
+            yield layers.pop()
+    else:
+        yield from layers
+
+
+@dataclass
+class _ImageJob:
+    """An image whose layers are being drawn and written on the writer's threads."""
+
+    result: ImageActivations
+    folder: str
+    target: Path
+    prefix: str
+    started: float
+    spill: Spill  # where the per-channel columns wait for the manifest
+    layers: list  # futures of (entry, files, overview row, channel stats), in layer order
+
+
+def _start_image(
+    staging: Path, folder: str, result: ImageActivations, options: RenderOptions, writer: PictureWriter, spill: Spill
+) -> _ImageJob:
+    """Hand each layer of ``result`` to the writer's threads (numpy and zlib release the GIL)."""
+    target = staging / folder
+    target.mkdir(exist_ok=True)
+    job = _ImageJob(result, folder, target, f"{folder}/" if folder else "", time.perf_counter(), spill, [])
+    for index, layer in enumerate(_consume(result.layers)):
+        job.layers.append(writer.submit(layer.values.nbytes, _write_layer, staging, job, index, layer, options))
+        del layer  # the task holds the array now; it is freed once drawn
+    return job
+
+
+def _write_layer(
+    staging: Path, job: _ImageJob, index: int, layer: LayerActivation, options: RenderOptions
+) -> tuple[dict, list[str], tuple, ChannelStats]:
+    """Draw and write one layer (on a writer thread): its manifest entry, files, overview row and stats."""
+    folder, target, prefix = job.folder, job.target, job.prefix
+    files: list[str] = []
+    named = layer.named
+    count = layer.values.shape[0]
+    stats = channel_stats(layer.values)
+    shown = select_channels(stats, options.max_channels, options.top)
+    title = f"{named.name}  [{named.candidate.op}]  {'x'.join(map(str, layer.values.shape))}"
+    if shown is not None:
+        title += f"  ({'top' if options.top else 'first'} {shown.size} of {count} channels)"
+    picture, grid, stats = draw_layer(layer.values, options, title, stats, shown)
+    grid_record = grid.describe()
+    del grid  # its untitled picture: only the titled one is written
+    stem = file_stem(index, named.name)
+    write_picture(target / f"{stem}.png", picture, options.cmap, title)
+    del picture
+    files.append(f"{prefix}{stem}.png")
+    entry = {
+        "name": named.name,
+        "tensor": named.candidate.tensor,
+        "op": named.candidate.op,
+        "source_layer": named.source_layer,
+        "shape": list(layer.values.shape),
+        "channel_axis": layer.layout.channel_axis,
+        "layout_certain": layer.layout.certain,
+        "dead_channels": int(stats.dead.sum()),
+        "stats": layer_summary(stats),
+        "channels": None,  # filled in by _spill_channels, with the image's other layers
+        "grid": grid_record,
+        "png": f"{prefix}{stem}.png",
+    }
+    if shown is not None:
+        entry["selection"] = describe_selection(shown, count, options.max_channels, options.top)
+    if named.layer_output is not None:
+        entry["layer_output"] = named.layer_output
+    if named.source_class:
+        entry["source_class"] = named.source_class
+    if options.report:
+        entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats)
+        files.append(entry["report_data"]["file"])
+    if options.save_arrays:
+        write_array(target / f"{stem}.npy", layer.values)
+        files.append(f"{prefix}{stem}.npy")
+        entry["array"] = f"{prefix}{stem}.npy"
+    first = shown[:OVERVIEW_CHANNELS] if shown is not None else slice(0, OVERVIEW_CHANNELS)
+    overview = (named.name, count, to_palette_indices(normalize(layer.values, options.normalization, stats, first)))
+    return entry, files, overview, stats
+
+
+def _spill_channels(spill: Spill, layers: list[tuple[dict, ChannelStats]]) -> None:
+    """Fill each entry's ``channels`` with its per-channel columns, as JSON text kept in ``spill``
+    (on a writer thread: one image's layers formatted together, see stats.channel_columns)."""
+    columns = channel_columns([stats for _, stats in layers])
+    handles = iter(spill.put([text for layer in columns for text in layer.values()]))
+    for (entry, _), layer in zip(layers, columns):
+        entry["channels"] = {field: next(handles) for field in layer}
+
+
+def _finish_image(job: _ImageJob, input_layout: Layout, options: RenderOptions, files: list[str],
+                  writer: PictureWriter) -> dict:
+    """Wait for the image's layers; its manifest entry (the overview is written on a writer thread)."""
+    result, target, prefix = job.result, job.target, job.prefix
+    layers = []
+    overview_rows = []
+    measured = []
+    for future in job.layers:
+        entry, layer_files, overview, stats = future.result()
+        layers.append(entry)
+        files.extend(layer_files)
+        overview_rows.append(overview)
+        measured.append((entry, stats))
+    job.layers.clear()
+    if measured:
+        size = sum(stats.mean.nbytes * 6 for _, stats in measured)
+        writer.submit(size, _spill_channels, job.spill, measured)
+    image_entry = {
+        "image": str(result.image),
+        "input_shape": list(result.input_tensor.shape),
+        "input_layout": input_layout.name,
+        "preprocess": result.preprocess,
+        "layers": layers,
+        "problems": result.problems,
+    }
+    if result.passes is not None:
+        image_entry["passes"] = result.passes
+    if overview_rows:
+        writer.write(target / "overview.png", draw_overview(overview_rows), options.cmap, "overview")
+        files.append(f"{prefix}overview.png")
+        image_entry["overview"] = f"{prefix}overview.png"
+    if options.save_arrays:
+        write_array(target / "input.npy", result.input_tensor)
+        files.append(f"{prefix}input.npy")
+        image_entry["input_array"] = f"{prefix}input.npy"
+    image_entry["seconds"] = {**result.seconds, "draw_and_write": time.perf_counter() - job.started}
+    return image_entry
+
+

@@ -1,0 +1,144 @@
+"""Run planned models on images: ``{name: (C, H, W) float32}`` per image, channels first.
+
+``compute_activations`` streams one ImageActivations per image (in passes when
+the memory bound asks for it, see runner.py); ``activations`` is the one-image
+convenience behind ``fmonnx.activations``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..options import RenderOptions
+from .layout import Layout
+from .names import NamedTensor
+from .plan import ModelPlan, plan_model
+from .preprocess import DEFAULT_PRESET, expand_image_paths, load_image, prepare_input
+from .run import run_session
+from .runner import Runner
+
+__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "activations"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerActivation:
+    named: NamedTensor
+    values: np.ndarray  # (C, H, W) float32, channels first
+    raw_shape: tuple[int, ...]
+    layout: Layout
+
+
+@dataclass
+class ImageActivations:
+    image: Path
+    input_tensor: np.ndarray
+    preprocess: dict
+    layers: list[LayerActivation] | Iterator[LayerActivation]  # an iterator when run in passes: consume once
+    problems: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    passes: dict | None = None  # how the image was split into passes, when it was
+
+
+def _shape_problem(named: NamedTensor, actual: tuple[int, ...]) -> str | None:
+    expected = named.candidate.type.shape
+    if expected is None:
+        return None
+    mismatched = len(expected) != len(actual) or any(
+        isinstance(want, int) and want != got for want, got in zip(expected, actual)
+    )
+    if mismatched:
+        return f"{named.name}: shape inference expected {list(expected)}, the run gave {list(actual)}"
+    return None
+
+
+def _to_chw(raw: np.ndarray, layout: Layout) -> np.ndarray:
+    single = raw[0]  # batch of one
+    return np.ascontiguousarray(np.moveaxis(single, layout.channel_axis - 1, 0), dtype=np.float32)
+
+
+def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[str]) -> LayerActivation | None:
+    """Check one returned tensor against the plan; its (C, H, W) activation, or None when it cannot be drawn."""
+    problem = _shape_problem(named, raw.shape)
+    if problem:
+        problems.append(problem)
+    if raw.ndim != 4 or raw.shape[0] != 1:
+        problems.append(f"{named.name}: output has shape {list(raw.shape)}, not 4-D; not drawn")
+        return None
+    layout = plan.layout_of(named.candidate.tensor)
+    if not layout.certain:
+        problems.append(f"{named.name}: the graph does not prove its channel axis; drawn as {layout.name}")
+    return LayerActivation(named, _to_chw(raw, layout), tuple(raw.shape), layout)
+
+
+def _passed_layers(
+    plan: ModelPlan, runner: Runner, pieces, types, result: ImageActivations, started: float, before_pass=None
+):
+    by_tensor = {named.candidate.tensor: named for named in plan.tensors}
+    for tensor, raw in runner.run_in_passes(pieces, types, result.input_tensor, before_pass):
+        result.seconds["inference"] = time.perf_counter() - started
+        layer = _layer(plan, by_tensor[tensor], raw, result.problems)
+        del raw
+        if layer is not None:
+            yield layer
+            layer = None
+
+
+def compute_activations(
+    plan: ModelPlan, images: list[str | os.PathLike], options: RenderOptions | None = None,
+    runner: Runner | None = None,
+) -> Iterator[ImageActivations]:
+    """Run every image through the exposed model; yields one ImageActivations per image.
+
+    When an image's tensors would not fit the memory bound (``max_memory``) it is
+    run in passes (see passes.py): its ``layers`` is then an iterator, in graph
+    order, that runs each pass as it is consumed. ``runner.provider`` says what ran.
+    """
+    options = options or RenderOptions()
+    yield from run_images(plan, expand_image_paths(images), options, runner or Runner(plan, options))
+
+
+def run_images(
+    plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None
+) -> Iterator[ImageActivations]:
+    preset = options.preprocess or ("raw" if plan.input.elem_type in (2, 3) else DEFAULT_PRESET)
+    names = [named.candidate.tensor for named in plan.tensors]
+    channels = plan.input.shape[plan.input_layout.channel_axis]
+    channels = channels if isinstance(channels, int) else 3
+    for path in paths:
+        started = time.perf_counter()
+        pixels = load_image(path, channels)
+        tensor, record = prepare_input(pixels, plan.input, plan.input_layout, preset, options.size, options.max_size)
+        prepared = time.perf_counter()
+        result = ImageActivations(Path(path), tensor, record, [], seconds={"preprocess": prepared - started})
+        passes = runner.pieces(tensor)
+        if passes is not None:
+            pieces, types, result.passes = passes
+            result.layers = _passed_layers(plan, runner, pieces, types, result, prepared, before_pass)
+        else:
+            outputs = run_session(runner.session(), {plan.input.name: tensor}, names)
+            result.seconds["inference"] = time.perf_counter() - prepared
+            for named in plan.tensors:
+                layer = _layer(plan, named, outputs.pop(named.candidate.tensor), result.problems)
+                if layer is not None:
+                    result.layers.append(layer)
+        yield result
+
+
+def activations(
+    model_path: str | os.PathLike, image: str | os.PathLike, options: RenderOptions | None = None
+) -> dict[str, np.ndarray]:
+    """``{display name: (C, H, W) float32}`` for one image: the numbers behind the pictures."""
+    plan = plan_model(model_path, options)
+    result = next(compute_activations(plan, [image], options))
+    return {layer.named.name: layer.values for layer in result.layers}
+
+

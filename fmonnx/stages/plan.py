@@ -1,0 +1,189 @@
+"""Plan a model: what will be shown (names, layouts) and the input to feed, from the graph alone.
+
+``plan_model`` reads the model (a Keras or PyTorch file is converted first),
+finds the tensors to show, names them and proves their channel axes;
+``list_layers`` is the plan as rows. No session is opened here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import ImageError, ModelError
+from ..options import RenderOptions
+from ..sources.inputs import conversion_record, onnx_path_for
+from .expose import DEFAULT_OPS, find_candidates
+from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout
+from .load import LoadedModel, load_model
+from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
+from .preprocess import InputSpec
+from .shapes import TensorType, infer_types
+
+__all__ = ["ModelPlan", "plan_model", "list_layers", "demo_paths"]
+
+log = logging.getLogger(__name__)
+
+_DEMO_MODEL = Path(__file__).parent.parent / "data" / "tutorial_cnn.onnx"
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What will be shown for a model, and how each tensor is laid out.
+
+    ``loaded.model`` is the graph without the values of its large initializers
+    (names, types and dims stay): sessions read the weights from the file, so
+    a render does not hold a model's worth of memory for nothing.
+    """
+
+    loaded: LoadedModel
+    input: InputSpec
+    input_layout: Layout
+    tensors: list[NamedTensor]
+    layouts: dict[str, Layout]
+    source: dict
+
+    def layout_of(self, tensor: str) -> Layout:
+        """The proven layout, else N,C,H,W (the ONNX convention) marked uncertain."""
+        return self.layouts.get(tensor) or Layout(1, False)
+
+
+def demo_paths() -> tuple[Path, Path]:
+    """The embedded default: the shipped tutorial CNN and matplotlib's sample photo."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    photo = None
+    if spec and spec.submodule_search_locations:
+        photo = Path(list(spec.submodule_search_locations)[0]) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    if photo is None or not photo.exists():
+        raise ImageError("matplotlib's sample photo grace_hopper.jpg is missing; pass an image path")
+    return _DEMO_MODEL, photo
+
+
+def _image_input(loaded: LoadedModel, types: dict[str, TensorType]) -> InputSpec:
+    graph = loaded.model.graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(value.name for value in inputs) or "none"
+        raise ModelError(
+            f"{loaded.path.name} has {len(inputs)} inputs ({names}); fmonnx feeds one image input: "
+            "export the model with a single image input"
+        )
+    value = inputs[0]
+    tensor_type = types.get(value.name)
+    if tensor_type is None or tensor_type.shape is None:
+        raise ModelError(f"the input {value.name!r} has no declared shape; re-export the model with input shapes")
+    return InputSpec(value.name, tensor_type.elem_type, tensor_type.shape)
+
+
+def _source(loaded: LoadedModel) -> dict:
+    import json
+
+    model = loaded.model
+    for prop in model.metadata_props:
+        if prop.key == SOURCE_KEY:
+            try:
+                return json.loads(prop.value)
+            except ValueError:
+                break
+    producer = model.producer_name or "unknown"
+    framework = {"tf2onnx": "tensorflow", "pytorch": "pytorch", "keras2onnx": "keras", "tflite2onnx": "tflite"}
+    return {
+        "framework": framework.get(producer, producer),
+        "producer": producer,
+        "producer_version": model.producer_version,
+    }
+
+
+def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
+    """Load a model and decide what to show: names, layouts, the input to feed."""
+    options = options or RenderOptions()
+    loaded = load_model(onnx_path_for(model_path))
+    types = infer_types(loaded.model)
+    spec = _image_input(loaded, types)
+    input_layout = detect_input_layout(spec.shape, options.input_layout)
+    channels = spec.shape[input_layout.channel_axis]
+    if isinstance(channels, int) and channels not in IMAGE_CHANNELS:
+        raise ModelError(
+            f"the input {spec.name!r} {list(spec.shape)} has {channels} channels on axis "
+            f"{input_layout.channel_axis}; images have 1, 3 or 4 (pass --input-layout if the axis is wrong)"
+        )
+    records = read_layer_metadata(loaded.model)
+    recorded = tuple(  # in layer order; a layer's inner tensors (its pre-activation Conv) before its output
+        name for record in records for name in (*record.get("inner", []), record["output"])
+    )
+    ops = options.ops if options.ops is not None else (() if recorded else DEFAULT_OPS)
+    candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
+    if recorded and options.ops is None:
+        order = {name: index for index, name in enumerate(recorded)}
+        candidates.sort(key=lambda c: order.get(c.tensor, len(order)))
+    layouts = channel_axes(loaded.model, types, input_layout)
+    for record in records:  # the converter knows each Keras layer output's layout, even past a Reshape
+        axis = {"NCHW": 1, "NHWC": 3}.get(record.get("layout"))
+        if axis is not None:
+            layouts[record["output"]] = Layout(axis, True)
+    named = name_tensors(loaded.model, candidates)
+    source = _source(loaded)
+    converted = conversion_record(model_path)
+    if converted:
+        source = {**source, **converted}
+    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source)
+
+
+_SMALL_INITIALIZER = 64  # elements; shape inference reads small integer initializers' values
+
+
+def _without_weights(loaded: LoadedModel) -> LoadedModel:
+    """The loaded model with its large initializers reduced to name, type and dims.
+
+    The original message is emptied and dropped (protobuf frees a message's
+    memory only with the message), so it must be the plan's own.
+    """
+    model = loaded.model
+    kept = []
+    for tensor in model.graph.initializer:
+        elements = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        if elements <= _SMALL_INITIALIZER or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+        else:
+            copy = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        kept.append(copy)
+    model.graph.ClearField("initializer")
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    light.graph.initializer.extend(kept)
+    return dataclasses.replace(loaded, model=light)
+
+
+def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = None) -> list[dict]:
+    """Each tensor that would be shown: name, op, tensor, C x H x W (from shape inference)."""
+    plan = plan_model(model_path, options)
+    rows = []
+    for named in plan.tensors:
+        layout = plan.layout_of(named.candidate.tensor)
+        rows.append(
+            {
+                "name": named.name,
+                "op": named.candidate.op,
+                "tensor": named.candidate.tensor,
+                "source_layer": named.source_layer,
+                "shape": chw_shape(named.candidate.type.shape, layout),
+                "channel_axis": layout.channel_axis,
+                "layout_certain": layout.certain,
+            }
+        )
+        if named.layer_output is not None:
+            rows[-1]["layer_output"] = named.layer_output
+        if named.source_class:
+            rows[-1]["source_class"] = named.source_class
+    return rows
+
+
