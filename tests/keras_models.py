@@ -101,6 +101,56 @@ def dense_only(k):
 BUILDERS = {"tutorial": tutorial, "blocks": blocks, "nested": nested, "fully_conv": fully_conv}
 
 
+# --- one builder per cause of a keras.applications failure (tests/test_convert_zoo_causes.py) -----
+
+
+def normalization(k):
+    """Keras 3's Normalization keeps mean and variance as tensors, not variables (EfficientNet)."""
+    L = k.layers
+    x = k.Input((16, 16, 3), name="image")
+    n = L.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.08, 0.1], name="norm")(x)
+    y = L.Conv2D(4, 3, padding="same", name="conv")(n)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return k.Model(x, y, name="normalization")
+
+
+def grouped(k):
+    """A Conv2D with groups > 1, which Keras compiles with XLA in a nested function (ConvNeXt, RegNet)."""
+    L = k.layers
+    x = k.Input((16, 16, 4), name="image")
+    y = L.Conv2D(8, 3, padding="same", name="stem")(x)
+    y = L.Conv2D(8, 3, padding="same", groups=4, activation="relu", name="grouped")(y)
+    y = L.BatchNormalization(name="bn")(y)
+    y = L.Conv2D(6, 1, groups=2, name="grouped_1x1")(y)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return k.Model(x, y, name="grouped")
+
+
+def exact_gelu(k):
+    """The exact (erf) GELU of ConvNeXt, on pre-activations from about -12 to 12."""
+    L = k.layers
+    x = k.Input((12, 12, 3), name="image")
+    c = L.Conv2D(8, 3, padding="same", kernel_initializer=k.initializers.RandomNormal(0, 2.0), name="conv")(x)
+    g = L.Activation("gelu", name="gelu")(c)
+    d = L.Dense(4, name="dense_gelu", activation="gelu")(g)
+    y = L.GlobalAveragePooling2D(name="gap")(d)
+    return k.Model(x, y, name="exact_gelu")
+
+
+def bn_chain(k):
+    """Conv / BatchNormalization / ReLU repeated: a label one layer off shows in the numbers only
+    when BatchNormalization is not the identity (see ``build``)."""
+    L = k.layers
+    x = k.Input((16, 16, 3), name="image")
+    y = x
+    for i in range(3):
+        y = L.Conv2D(6, 3, padding="same", name=f"conv{i}")(y)
+        y = L.BatchNormalization(name=f"bn{i}")(y)
+        y = L.ReLU(name=f"relu{i}")(y)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return k.Model(x, y, name="bn_chain")
+
+
 def build(k, builder):
     """Build with seeded weights; give every BatchNormalization random statistics."""
     k.utils.set_random_seed(SEED)

@@ -7,7 +7,10 @@ The stages, each in its own module::
       -> load_keras_model (keras_load: Keras 3 or tf_keras, chosen by the file)
       -> traced_function (keras_trace: a tf.function whose outputs are the
          model's outputs, then every 4-D layer output)
-      -> tf2onnx.convert.from_function
+      -> freeze (a GraphDef with constants for variables and captured
+         tensors, XLA-compiled nested functions made inlinable)
+      -> tf2onnx.convert.from_graph_def, with handlers for ops it lacks
+         (handlers: Erfc) and linear-time pruning (prune)
       -> name_outputs, name_inner_tensors, strip_markers (keras_onnx: graph
          outputs and inner Conv outputs named after Keras layers, name-scope
          markers removed)
@@ -51,7 +54,10 @@ import onnx
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError, OutputError
 from fmonnx.sources.keras.check import CheckFailedError, CheckReport, compare, random_inputs
 from fmonnx.sources.keras.file import choose_loader, is_keras_file, lambda_layers, read_keras_file
+from fmonnx.sources.keras.freeze import freeze
+from fmonnx.sources.keras.handlers import CUSTOM_OP_HANDLERS
 from fmonnx.sources.keras.load import INSTALL_HINT, import_keras, import_tensorflow, load_keras_model
+from fmonnx.sources.keras.prune import linear_pruning
 from fmonnx.sources.keras.to_onnx import name_inner_tensors, name_outputs, strip_markers
 from fmonnx.sources.keras.trace import (
     MARKER_PATTERN,
@@ -175,7 +181,7 @@ def _import_tf2onnx() -> ModuleType:
     import_tensorflow()
     try:
         import tf2onnx
-        import tf2onnx.convert  # noqa: F401 - the submodule holding from_function
+        import tf2onnx.convert  # noqa: F401 - the submodule holding from_graph_def
     except ImportError as exc:
         raise MissingDependencyError(f"tf2onnx is not installed; {INSTALL_HINT}") from exc
     return tf2onnx
@@ -221,11 +227,17 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
             "fmonnx shows the feature maps of convolutional models"
         )
     try:
-        converted, _ = tf2onnx.convert.from_function(trace.function, input_signature=trace.signature, opset=opset)
+        converted = _to_onnx(tf, tf2onnx, trace, opset)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything; the user needs the reason
         raise ConversionError(
             f"tf2onnx could not convert {label}: {_first_line(exc)}; try another --opset"
         ) from exc
+    extra = [i.name for i in converted.graph.input][len(trace.signature) :]
+    if extra:
+        raise ConversionError(
+            f"the ONNX model converted from {label} has inputs that Keras does not ({', '.join(extra[:3])}), "
+            "which nothing would feed; please report it with the classes of the layers they come from"
+        )
     onnx_model, layers, graph_outputs = _map_layers(tf, converted, trace, spatial, layouts, output_names, label)
     source = {
         "framework": "keras",
@@ -258,6 +270,22 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
             result,
         )
     return result
+
+
+def _to_onnx(tf, tf2onnx, trace, opset: int) -> onnx.ModelProto:
+    """Freeze the traced function (freeze) and convert it with tf2onnx: extra handlers, linear-time pruning."""
+    frozen = freeze(tf, trace.concrete, trace.signature)
+    with linear_pruning(tf2onnx):
+        converted, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph_def,
+            name=trace.concrete.name,
+            input_names=frozen.inputs,
+            output_names=frozen.outputs,
+            opset=opset,
+            custom_op_handlers=CUSTOM_OP_HANDLERS,
+            tensors_to_rename=frozen.renames,
+        )
+    return converted
 
 
 def _first_line(exc: BaseException) -> str:
@@ -331,7 +359,7 @@ def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_na
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the user needs the reason
         raise ConversionError(
             f"onnxruntime could not run the ONNX model converted from {label}: {_first_line(exc)}; "
-            "try another --opset, or rerun with --no-check (check=False) to skip the check"
+            "the model would not render either (--no-check would not help): try another --opset"
         ) from exc
     actual = {name: actual_by_tensor[tensor] for name, tensor in tensors.items()}
     report = compare(
