@@ -30,8 +30,8 @@ def test_pytorch_model_names(models_dir):
     names = [row["name"] for row in list_layers(models_dir / "torch_cnn.onnx")]
     assert names == [
         "conv1", "relu", "maxpool",
-        "layer1.0.conv1", "layer1.0.relu", "layer1.0.conv2", "layer1.0.relu_1",
-        "layer2.0.downsample.0", "layer2.0.conv1", "layer2.0.relu", "layer2.0.conv2", "layer2.0.relu_1",
+        "layer1.0.conv1", "layer1.0.relu", "layer1.0.conv2", "layer1.0.relu#2",
+        "layer2.0.downsample.0", "layer2.0.conv1", "layer2.0.relu", "layer2.0.conv2", "layer2.0.relu#2",
     ]
 
 
@@ -62,7 +62,7 @@ def test_pytorch_model_runs_at_the_photo_size(models_dir, write_image):
     photo = write_image(np.random.default_rng(2).integers(0, 255, (60, 80, 3)), "p.png")
     maps = activations(models_dir / "torch_cnn.onnx", photo, RenderOptions(preprocess="imagenet"))
     assert maps["conv1"].shape == (16, 60, 80)
-    assert maps["layer2.0.relu_1"].shape == (32, 15, 20)
+    assert maps["layer2.0.relu#2"].shape == (32, 15, 20)
 
 
 def test_external_data_model_is_run_from_its_folder(tmp_path, write_image, gradient_rgb):

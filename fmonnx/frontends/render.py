@@ -244,6 +244,10 @@ def _write_layer(
         entry["layer_output"] = named.layer_output
     if named.source_class:
         entry["source_class"] = named.source_class
+    if named.folded_batchnorm:  # a TorchScript export's Conv + BatchNorm, named after the Conv
+        entry["folded_batchnorm"] = True
+    if named.also_output_of:
+        entry["also_output_of"] = list(named.also_output_of)
     if options.report:
         entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats)
         files.append(entry["report_data"]["file"])

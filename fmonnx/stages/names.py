@@ -3,10 +3,8 @@
 In order of trust:
 
 1. ``metadata_props["fmonnx.layers"]``, written by ``fmonnx convert``: exact
-   Keras layer names per tensor.
-2. PyTorch's TorchScript exporter names nodes by module path:
-   ``/layer2/layer2.0/downsample/downsample.0/Conv`` is ``layer2.0.downsample.0``.
-   The dynamo exporter records ``pkg.torch.onnx.name_scopes`` on each node.
+   layer names per tensor.
+2. PyTorch's ``torch.onnx.export`` (see "PyTorch" below).
 3. tf2onnx names nodes ``<model>/<layer>/<op>``: ``model/conv2d/Conv2D`` is
    ``conv2d``, ``model/backbone/conv1/Conv2D`` is ``backbone/conv1``.
 4. Otherwise the node name (or the tensor name when the node has none).
@@ -14,6 +12,40 @@ In order of trust:
 Names are made unique: when several tensors come from one layer (a Conv and
 its fused Relu), the last keeps the layer's name (Transposes and other layout
 plumbing aside) and the others get ``<layer>/<op>``.
+
+PyTorch
+-------
+Each node is placed in the module calls it ran in, outermost first:
+
+- TorchScript exporter (``dynamo=False``): the node name,
+  ``/layer1/layer1.0/relu_1/Relu`` is ``layer1`` > ``layer1.0`` >
+  ``layer1.0.relu``. The exporter tells repeated calls apart by a suffix on the
+  innermost scope (``relu``, ``relu_1``, ``relu_2``); a scope ``x_<n>`` is read
+  as a later call of ``x`` when ``x`` is a scope under the same parent. A real
+  module named ``relu_1`` beside ``relu`` is indistinguishable (heuristic).
+  A parent called twice is not suffixed (``/inner/conv``, ``/inner/conv_1``):
+  its calls merge into one.
+- dynamo exporter: ``pkg.torch.onnx.name_scopes`` on each node,
+  ``['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']``, module paths then
+  the FX node's name. Nothing records which call a node belongs to, so a call
+  is a run of consecutive nodes in one scope (the graph is in execution
+  order); a call the optimizer removed entirely (``relu(relu(x))``) shifts the
+  numbers of later calls, and two calls with no node between them merge
+  (heuristic).
+
+A tensor takes a module's bare name only when it is that call's output: made
+by a node of the call (sub-modules included) and used outside it, or a graph
+output. When it leaves several nested calls (``bn`` and its child
+``bn.act``), the innermost module names it and the others are kept in
+``also_output_of``. Any other tensor of a call is ``<call>/<Op>``; a node in no
+module (the top-level ``forward``'s own ops) keeps its node name. Calls are
+named by ``call_name``: ``layer1.0.relu``, ``layer1.0.relu#2``, ``#3``...
+
+The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it
+and names the result after the Conv. Such a Conv's weight is a folded constant
+named ``onnx::Conv_<n>`` instead of its parameter's name
+(``layer1.0.conv1.weight``): the tensor is marked ``folded_batchnorm``. The
+dynamo exporter folds too, but names the fused Conv after the BatchNorm.
 """
 
 from __future__ import annotations
@@ -21,6 +53,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -28,7 +61,16 @@ import onnx
 
 from .expose import Candidate
 
-__all__ = ["NamedTensor", "read_layer_metadata", "source_layer_name", "name_tensors", "LAYERS_KEY", "SOURCE_KEY"]
+__all__ = [
+    "NamedTensor",
+    "read_layer_metadata",
+    "source_layer_name",
+    "name_tensors",
+    "call_name",
+    "split_call_name",
+    "LAYERS_KEY",
+    "SOURCE_KEY",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +79,41 @@ SOURCE_KEY = "fmonnx.source"
 _TF_WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall")
 # Layout plumbing a converter adds inside a layer; never the layer's own output.
 _PLUMBING_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"})
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_FX_KEYS = ("pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
+_CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
+_RULES_KEY = "pkg.onnxscript.rewriter.rule_name"
+_CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
+_CALL_NAME = re.compile(r"^(.+)#(\d+)$")
 
 
 @dataclass(frozen=True)
 class NamedTensor:
     """A candidate with its display name, the framework layer it came from,
-    ``layer_output`` (True/False when a converter said, None when unknown) and
-    the layer's class when a converter recorded it (``Conv2D``)."""
+    ``layer_output`` (True/False when known, None when unknown), the layer's
+    class when recorded (``Conv2D``), ``folded_batchnorm`` when its values may
+    include a BatchNorm folded in by the exporter, and ``also_output_of``: the
+    outer modules (calls) this tensor is also the output of."""
 
     candidate: Candidate
     name: str
     source_layer: str
     layer_output: bool | None
     source_class: str | None = None
+    folded_batchnorm: bool = False
+    also_output_of: tuple[str, ...] = ()
+
+
+def call_name(path: str, call: int = 1) -> str:
+    """The name of a module call: ``layer1.0.relu`` for the first call (``call=1``),
+    ``layer1.0.relu#2`` for the second, ``#3`` for the third..."""
+    return path if call == 1 else f"{path}#{call}"
+
+
+def split_call_name(name: str) -> tuple[str, int]:
+    """``call_name`` reversed: ``layer1.0.relu#2`` is ``("layer1.0.relu", 2)``."""
+    match = _CALL_NAME.match(name)
+    return (match.group(1), int(match.group(2))) if match else (name, 1)
 
 
 def read_layer_metadata(model: onnx.ModelProto) -> list[dict]:
@@ -65,36 +129,60 @@ def read_layer_metadata(model: onnx.ModelProto) -> list[dict]:
     return []
 
 
-def _torch_module_path(node_name: str) -> str | None:
-    parts = [part for part in node_name.strip("/").split("/") if part]
-    if len(parts) < 2:
+def _props(node: onnx.NodeProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in node.metadata_props}
+
+
+def _dynamo_paths(props: dict[str, str]) -> list[str] | None:
+    """Module paths, outermost first, from the dynamo exporter's name scopes, e.g.
+    ``['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']`` is
+    ``['layer1', 'layer1.0', 'layer1.0.relu']``: the last entry is the FX node's
+    own name (when the exporter's other node records are there to say so),
+    and each module path extends the one before."""
+    if _SCOPES_KEY not in props:
         return None
-    path: list[str] = []
-    for scope in parts[:-1]:  # the last part is the op, e.g. Conv or Relu_1
-        if path and scope.startswith(path[-1] + "."):
-            path[-1] = scope  # a Sequential child repeats its parent: layer1 / layer1.0
+    try:
+        scopes = [str(scope) for scope in ast.literal_eval(props[_SCOPES_KEY]) if scope]
+    except (ValueError, SyntaxError, TypeError):
+        return None
+    if scopes and any(key in props for key in _FX_KEYS):
+        scopes = scopes[:-1]
+    paths: list[str] = []
+    for scope in scopes:
+        if paths and not scope.startswith(paths[-1] + "."):
+            break
+        paths.append(scope)
+    return paths
+
+
+def _script_scopes(node_name: str) -> list[str]:
+    """The scopes of a TorchScript-exported node name, outermost first:
+    ``/layer1/layer1.0/relu_1/Relu`` is ``['layer1', 'layer1.0', 'relu_1']``."""
+    parts = [part for part in node_name.strip("/").split("/") if part]
+    return parts[:-1]  # the last part is the op, e.g. Conv or Relu_1
+
+
+def _script_paths(scopes: list[str], known: set[tuple[tuple[str, ...], str]]) -> list[str]:
+    """Module paths, outermost first, for TorchScript ``scopes`` with call suffixes
+    removed (``relu_1`` is ``relu`` when ``known`` has a ``relu`` under the same parent).
+    A Sequential's child repeats its parent: ``layer1`` / ``layer1.0`` is ``layer1.0``."""
+    segments: list[str] = []
+    paths: list[str] = []
+    for index, scope in enumerate(scopes):
+        match = _CALL_SUFFIX.match(scope)
+        if match and (tuple(scopes[:index]), match.group(1)) in known:
+            scope = match.group(1)
+        if segments and scope.startswith(segments[-1] + "."):
+            segments[-1] = scope
         else:
-            path.append(scope)
-    return ".".join(path)
+            segments.append(scope)
+        paths.append(".".join(segments))
+    return paths
 
 
-def _torch_scopes(node: onnx.NodeProto) -> str | None:
-    """Module path from the dynamo exporter's scopes, e.g.
-    ``['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']`` is ``layer1.0.relu``:
-    each module path extends the previous one; the last entry is the call's own name."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = [scope for scope in ast.literal_eval(prop.value) if scope]
-            except (ValueError, SyntaxError, TypeError):
-                return None
-            path = None
-            for scope in scopes:
-                if path is not None and not scope.startswith(path + "."):
-                    break
-                path = scope
-            return path
-    return None
+def _torch_module_path(node_name: str) -> str | None:
+    scopes = _script_scopes(node_name)
+    return _script_paths(scopes, set())[-1] if scopes else None
 
 
 def _tf_layer_path(node_name: str) -> str | None:
@@ -105,16 +193,127 @@ def _tf_layer_path(node_name: str) -> str | None:
 
 
 def source_layer_name(node: onnx.NodeProto, tensor: str, producer: str) -> str:
-    """The framework layer a node belongs to, by the conventions in the module docstring."""
-    scoped = _torch_scopes(node)
-    if scoped:
-        return scoped
+    """The framework layer a node belongs to, by the conventions in the module docstring
+    (one node alone: a module's innermost path, without its call number)."""
+    paths = _dynamo_paths(_props(node))
+    if paths:
+        return paths[-1]
     name = node.name
     if name.startswith("/"):
         return _torch_module_path(name) or name.strip("/")
     if "/" in name and "torch" not in producer.lower():
         return _tf_layer_path(name) or name
     return name or tensor
+
+
+@dataclass(frozen=True)
+class _TorchName:
+    name: str
+    layer: str
+    output: bool | None
+    also: tuple[str, ...]
+    folded: bool
+    class_name: str | None
+
+
+def _torch_calls(model: onnx.ModelProto) -> list[list[tuple[str, int]]] | None:
+    """For each node, the module calls it ran in, outermost first, as ``(path, call)``
+    with ``call`` counted from 1; None when the model was not made by torch.onnx.export."""
+    graph = model.graph
+    props = [_props(node) for node in graph.node]
+    if any(_SCOPES_KEY in p for p in props):
+        calls: list[list[tuple[str, int]]] = []
+        counts: dict[str, int] = defaultdict(int)
+        current: list[tuple[str, int]] = []
+        for node_props in props:
+            paths = _dynamo_paths(node_props)
+            if paths is None:  # no record: in no module, and no break in the runs around it
+                calls.append([])
+                continue
+            kept = 0
+            while kept < min(len(current), len(paths)) and current[kept][0] == paths[kept]:
+                kept += 1
+            current = current[:kept]
+            for path in paths[kept:]:
+                counts[path] += 1
+                current.append((path, counts[path]))
+            calls.append(list(current))
+        return calls
+    if not any(node.name.startswith("/") for node in graph.node):
+        return None
+    scopes = [_script_scopes(node.name) if node.name.startswith("/") else [] for node in graph.node]
+    known = {(tuple(chain[:index]), scope) for chain in scopes for index, scope in enumerate(chain)}
+    numbers: dict[tuple[str, ...], int] = {}  # a scope as written (suffix included) -> its call number
+    counts = defaultdict(int)
+    calls = []
+    for chain in scopes:
+        node_calls = []
+        for index, path in enumerate(_script_paths(chain, known)):
+            key = tuple(chain[: index + 1])
+            if key not in numbers:
+                counts[path] += 1
+                numbers[key] = counts[path]
+            node_calls.append((path, numbers[key]))
+        calls.append(node_calls)
+    return calls
+
+
+def _folded_batchnorm(model: onnx.ModelProto, node: onnx.NodeProto, props: dict[str, str], dynamo: bool) -> bool:
+    """Whether a Conv's values may include a BatchNorm folded in while it is named after the Conv."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    if dynamo:  # the fused Conv carries the BatchNorm's records (its name too) unless the exporter changes
+        target = props.get(_CLASSES_KEY, "")
+        return "FuseBatchNormIntoConv" in props.get(_RULES_KEY, "") and "batch_norm" not in target
+    return model.producer_name == "pytorch" and node.input[1].startswith("onnx::")
+
+
+def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> dict[str, _TorchName]:
+    graph = model.graph
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            consumers[name].append(index)
+    graph_outputs = {output.name for output in graph.output}
+    initializers = {tensor.name for tensor in graph.initializer}
+    dynamo = any(_SCOPES_KEY in prop.key for node in graph.node for prop in node.metadata_props)
+    member = [set(node_calls) for node_calls in calls]
+    named = {}
+    for candidate in candidates:
+        node = graph.node[candidate.node_index]
+        props = _props(node)
+        folded = _folded_batchnorm(model, node, props, dynamo) and node.input[1] in initializers
+        chain = calls[candidate.node_index]
+        if not chain:
+            raw = node.name or candidate.tensor
+            named[candidate.tensor] = _TorchName(raw.strip("/") or raw, raw, None, (), folded, None)
+            continue
+        users = consumers.get(candidate.tensor, [])
+        left = [
+            call for call in chain
+            if candidate.tensor in graph_outputs or any(call not in member[user] for user in users)
+        ]
+        path, number = chain[-1]
+        if left and left[-1] == chain[-1]:
+            classes = _class_names(props)
+            class_name = classes[len(chain) - 1] if len(classes) > len(chain) else None
+            also = tuple(call_name(*call) for call in reversed(left[:-1]))
+            named[candidate.tensor] = _TorchName(call_name(path, number), path, True, also, folded, class_name)
+        else:
+            also = tuple(call_name(*call) for call in reversed(left))
+            named[candidate.tensor] = _TorchName(
+                f"{call_name(path, number)}/{candidate.op}", path, False, also, folded, None
+            )
+    return named
+
+
+def _class_names(props: dict[str, str]) -> list[str]:
+    """The module classes of the dynamo exporter's class hierarchy, short names, root dropped."""
+    try:
+        classes = [str(name) for name in ast.literal_eval(props.get(_CLASSES_KEY, "[]"))]
+    except (ValueError, SyntaxError, TypeError):
+        return []
+    return [name.rsplit(".", 1)[-1] for name in classes[1:]]
 
 
 def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[NamedTensor]:
@@ -127,11 +326,16 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
             by_tensor.setdefault(inner, (record["layer"], False))
         if record.get("class"):
             classes[record["layer"]] = str(record["class"])
+    calls = _torch_calls(model)
+    torch_named = _name_torch(model, candidates, calls) if calls is not None else {}
     producer = model.producer_name or ""
     layer_of: list[tuple[str, bool | None]] = []
     for candidate in candidates:
         if candidate.tensor in by_tensor:
             layer_of.append(by_tensor[candidate.tensor])
+        elif candidate.tensor in torch_named:
+            torch_name = torch_named[candidate.tensor]
+            layer_of.append((torch_name.layer, torch_name.output))
         else:
             node = model.graph.node[candidate.node_index]
             layer_of.append((source_layer_name(node, candidate.tensor, producer), None))
@@ -141,6 +345,10 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
         members[layer].append(index)
     names: list[str] = []
     for index, (layer, is_output) in enumerate(layer_of):
+        candidate = candidates[index]
+        if candidate.tensor not in by_tensor and candidate.tensor in torch_named:
+            names.append(torch_named[candidate.tensor].name)
+            continue
         group = members[layer]
         if is_output is True:
             owns_name = True
@@ -150,12 +358,26 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
             # the layer's output is its last tensor, not counting a converter's Transposes after it
             real = [i for i in group if candidates[i].op not in _PLUMBING_OPS] or group
             owns_name = index == real[-1]
-        names.append(layer if owns_name else f"{layer}/{candidates[index].op}")
+        names.append(layer if owns_name else f"{layer}/{candidate.op}")
     names = _deduplicate(names)
-    return [
-        NamedTensor(candidate, name, layer, is_output, classes.get(layer) if is_output else None)
-        for candidate, name, (layer, is_output) in zip(candidates, names, layer_of)
-    ]
+    result = []
+    for candidate, name, (layer, is_output) in zip(candidates, names, layer_of):
+        torch_name = torch_named.get(candidate.tensor) if candidate.tensor not in by_tensor else None
+        if torch_name is not None:
+            result.append(NamedTensor(
+                candidate, name, layer, is_output, torch_name.class_name, torch_name.folded, torch_name.also
+            ))
+        else:
+            result.append(NamedTensor(candidate, name, layer, is_output, classes.get(layer) if is_output else None))
+    folded = [named.name for named in result if named.folded_batchnorm]
+    if folded:
+        log.warning(
+            "%d Conv tensors named after their Conv may hold Conv + BatchNorm values (%s%s): torch.onnx.export "
+            "folded each BatchNorm into the Conv before it; export with dynamo=True or do_constant_folding=False "
+            "to see them apart",
+            len(folded), ", ".join(folded[:3]), ", ..." if len(folded) > 3 else "",
+        )
+    return result
 
 
 def _deduplicate(names: list[str]) -> list[str]:

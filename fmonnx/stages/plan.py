@@ -184,6 +184,10 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
             rows[-1]["layer_output"] = named.layer_output
         if named.source_class:
             rows[-1]["source_class"] = named.source_class
+        if named.folded_batchnorm:
+            rows[-1]["folded_batchnorm"] = True
+        if named.also_output_of:
+            rows[-1]["also_output_of"] = list(named.also_output_of)
     return rows
 
 
