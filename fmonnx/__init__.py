@@ -6,6 +6,9 @@
     result = fmonnx.render("model.onnx", ["photo.jpg"], out="maps")  # maps/index.html, maps/manifest.json
     result.manifest                                           # the manifest.json dict
     result.plot_layer("conv2d")                               # one layer as a matplotlib figure
+    converted = fmonnx.convert(module, example_input)         # nn.Module, .pt2 or Keras file -> checked ONNX
+    converted.save("model.onnx")
+    fmonnx.render(module, ["photo.jpg"])                      # a module is converted (and checked) on the fly
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = [
     "activations",
     "list_layers",
     "layer_stats",
+    "convert",
     "RenderOptions",
     "FmonnxError",
 ]
@@ -32,6 +36,7 @@ _PUBLIC = {
     "activations": "fmonnx.stages.activations",
     "list_layers": "fmonnx.stages.plan",
     "layer_stats": "fmonnx.frontends.stats",
+    "convert": "fmonnx.sources.dispatch",
     "RenderOptions": "fmonnx.options",
     "FmonnxError": "fmonnx.errors",
 }

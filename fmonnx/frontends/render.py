@@ -20,6 +20,7 @@ from .. import __version__
 from ..options import RenderOptions, check_choices
 from ..report.page import data_file, write_layer_data, write_photo, write_report
 from ..report.result import RenderResult
+from ..sources.inputs import as_model_path
 from ..stages.activations import ImageActivations, LayerActivation, run_images
 from ..stages.colormap import lookup_table, to_palette_indices
 from ..stages.draw import OVERVIEW_CHANNELS, draw_layer, draw_overview
@@ -75,7 +76,8 @@ def render(
     check_selection(options.max_channels, options.top)
     check_choices(options)
     started = time.perf_counter()
-    model_path = Path(model_path) if model_path is not None else demo_paths()[0]
+    # a Keras or .pt2 path stays itself (converted in plan_model); a module becomes its converted file
+    model_path = as_model_path(model_path) if model_path is not None else demo_paths()[0]
     image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
     lookup_table(options.cmap)  # an unknown colormap fails before any work
     plan, runner = _planned(model_path, options)

@@ -1,9 +1,17 @@
-"""Keras files given to ``render``, ``layers`` or ``stats``: converted on the fly.
+"""Models that are not ONNX files, given to ``render``, ``layers``, ``stats``: converted on the fly.
 
-A Keras ``.h5``/``.keras`` file is converted (checked, Lambda layers refused)
-into an ONNX file in a temporary folder that lives as long as the process, so
-every later stage reads an ordinary ONNX file by path. A file is converted once
-per process; a changed file (size or modification time) is converted again.
+- a Keras ``.h5``/``.keras`` file, converted by sources/keras (checked, Lambda layers refused);
+- a ``torch.export`` ``.pt2`` file, converted by sources/pytorch (vetted, checked);
+- an ``nn.Module`` object, converted by sources/pytorch on an example input of
+  (1, C, 224, 224) with open height and width when the module allows it
+  (``fmonnx.convert(module, example_input)`` first for another example);
+- a conversion result (``fmonnx.convert(...)``): its checked model as it is.
+
+The ONNX model goes into a temporary folder that lives as long as the
+process, so every later stage reads an ordinary ONNX file by path. A file is
+converted once per process (again when its size or modification time
+changes); a module once per state (again when a weight or buffer is replaced
+or changed in place). torch is imported only when a PyTorch model is given.
 """
 
 from __future__ import annotations
@@ -12,16 +20,23 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import weakref
 from pathlib import Path
 
+from ..errors import ModelError
 from .keras.file import is_keras_file
+from .pytorch.pt2_file import SAVE_HINT, is_pt2_file
 
-__all__ = ["onnx_path_for", "conversion_record"]
+__all__ = ["onnx_path_for", "conversion_record", "as_model_path", "is_torch_module"]
 
 log = logging.getLogger(__name__)
 
+_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _converted: dict[tuple, tuple[Path, dict]] = {}
+_records_by_path: dict[Path, dict] = {}
+_modules: dict[int, tuple] = {}  # id(module) -> (weak reference, state key, path)
 _folder: list[Path] = []
 
 
@@ -38,34 +53,117 @@ def _key(path: Path) -> tuple:
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def onnx_path_for(path: str | os.PathLike) -> Path:
-    """``path`` itself for an ONNX file; for a Keras file, the path of its checked ONNX conversion."""
-    path = Path(path)
-    if not path.is_file() or not is_keras_file(path):
-        return path
+def is_torch_module(model) -> bool:
+    """True for a ``torch.nn.Module`` (without importing torch: a module needs torch imported already)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _is_result(model) -> bool:
+    import onnx
+
+    return isinstance(getattr(model, "model", None), onnx.ModelProto) and hasattr(model, "layers")
+
+
+def _record(result) -> dict:
+    check = result.check.summary() if result.check is not None else None
+    if hasattr(result, "source"):  # PyTorch
+        return {"converted_from": result.source.get("file") or result.source.get("module"), **result.source,
+                "check": check, "seconds": round(result.seconds, 3)}
+    return {"converted_from": "", "loader": result.loader, "keras_version": result.keras_version, "check": check,
+            "seconds": round(result.seconds, 3)}
+
+
+def _store(result, stem: str, record: dict) -> Path:
+    from .write import write_model
+
+    target = _temporary_folder() / f"{len(_records_by_path)}_{stem}.onnx"
+    write_model(result.model, target, force=True)
+    _records_by_path[target] = record
+    return target
+
+
+def _module_state(module) -> tuple:
+    """Changes when a weight or buffer is replaced (data pointer, shape) or changed in place (version)."""
+    tensors = module.state_dict(keep_vars=True).items()
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in tensors)
+
+
+def _module_path(module) -> Path:
+    state = _module_state(module)
+    entry = _modules.get(id(module))
+    if entry is not None and entry[0]() is module and entry[1] == state:
+        return entry[2]
+    from .pytorch.convert import convert_module
+
+    result = convert_module(module)
+    target = _store(result, type(module).__name__, _record(result))
+    _modules[id(module)] = (weakref.ref(module), state, target)
+    log.info("converted %s in %.1f s", type(module).__name__, result.seconds)
+    return target
+
+
+def _file_path(path: Path) -> Path:
     key = _key(path)
     if key not in _converted:
-        from .keras.convert import convert_keras, write_model
+        if is_pt2_file(path):
+            from .pytorch.convert import convert_pt2
 
-        result = convert_keras(path)
-        target = _temporary_folder() / f"{len(_converted)}_{path.stem}.onnx"
-        write_model(result.model, target, force=True)
-        record = {
-            "converted_from": str(path),
-            "loader": result.loader,
-            "keras_version": result.keras_version,
-            "check": result.check.summary() if result.check is not None else None,
-            "seconds": round(result.seconds, 3),
-        }
-        _converted[key] = (target, record)
-        log.info("converted %s with %s in %.1f s", path, result.loader, result.seconds)
+            result = convert_pt2(path)
+            record = {**_record(result), "converted_from": str(path)}
+        else:
+            from .keras.convert import convert_keras
+
+            result = convert_keras(path)
+            record = {**_record(result), "converted_from": str(path)}
+        _converted[key] = (_store(result, path.stem, record), record)
+        log.info("converted %s in %.1f s", path, result.seconds)
     return _converted[key][0]
 
 
-def conversion_record(path: str | os.PathLike) -> dict | None:
-    """What the on-the-fly conversion of ``path`` did (loader, check), or None for an ONNX file."""
-    path = Path(path)
-    if not path.is_file() or not is_keras_file(path):
+def onnx_path_for(model) -> Path:
+    """The ONNX file to read for ``model``: an ONNX path itself, else its checked conversion (module docstring)."""
+    if is_torch_module(model):
+        return _module_path(model)
+    if _is_result(model):
+        cached = getattr(model, "_fmonnx_path", None)
+        if cached is None or not cached.exists():
+            cached = _store(model, "converted", _record(model))
+            model._fmonnx_path = cached
+        return cached
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelError(
+            f"cannot read a model from a {type(model).__name__}; pass an ONNX, Keras or .pt2 file path, "
+            "a torch.nn.Module, or the result of fmonnx.convert"
+        )
+    path = Path(model)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelError(
+            f"{path} is a pickle (torch.save), which runs code when loaded; fmonnx reads torch.export files: "
+            f"{SAVE_HINT}, or pass the nn.Module itself"
+        )
+    if not path.is_file():
+        return path
+    if is_pt2_file(path) or is_keras_file(path):
+        return _file_path(path)
+    return path
+
+
+def as_model_path(model) -> Path:
+    """A path to show as the model: the file given, or the converted ONNX file of an object."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model)
+    return onnx_path_for(model)
+
+
+def conversion_record(model) -> dict | None:
+    """What the on-the-fly conversion of ``model`` did (source, check), or None for an ONNX file."""
+    if not isinstance(model, (str, os.PathLike)):
+        return _records_by_path.get(onnx_path_for(model))
+    path = Path(model)
+    if path in _records_by_path:
+        return _records_by_path[path]
+    if not path.is_file() or not (is_pt2_file(path) or is_keras_file(path)):
         return None
     entry = _converted.get(_key(path))
     return entry[1] if entry else None

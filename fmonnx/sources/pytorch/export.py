@@ -1,0 +1,87 @@
+"""Export a tapped PyTorch model to ONNX with the dynamo exporter (``torch.export`` then ``torch.onnx``).
+
+The height and width of the image input are exported as ``Dim.AUTO``: they
+stay symbolic in the ONNX model when the model's code allows any size (a
+ResNet), and are fixed at the example's size when it does not (a Linear
+after a Flatten). ``ExportedModel.dynamic`` says which happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+
+import onnx
+
+from fmonnx.errors import ConversionError
+
+__all__ = ["ExportedModel", "export_onnx", "first_line"]
+
+logger = logging.getLogger(__name__)
+
+# torch logs a warning per missing torchvision op, and about opset conversion, on every export
+_NOISY_LOGGERS = (
+    "torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir",
+)
+
+
+@dataclass
+class ExportedModel:
+    """The ONNX model of a tapped module, and whether its height and width stayed open."""
+
+    model: onnx.ModelProto
+    dynamic: bool
+    opset: int
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), or its type when it has none."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence torch's export chatter (warnings and log lines the user cannot act on)."""
+    saved = []
+    for name in _NOISY_LOGGERS:
+        log = logging.getLogger(name)
+        saved.append((log, log.level))
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
+def export_onnx(torch, tap, example, opset: int, label: str, dynamic: bool = True) -> ExportedModel:
+    """``tap`` (see tap.py) on ``example`` (1, C, H, W) as ONNX; raises ConversionError with torch's reason."""
+    shapes = None
+    if dynamic:
+        auto = torch.export.Dim.AUTO
+        shapes = (({2: auto, 3: auto},),)
+    with quiet():
+        try:
+            with torch.no_grad():
+                program = torch.export.export(tap, (example,), dynamic_shapes=shapes)
+        except Exception as exc:  # noqa: BLE001 - tracing runs the model's own code; the user needs the reason
+            raise ConversionError(
+                f"torch.export could not trace {label} on an input of shape {list(example.shape)}: "
+                f"{first_line(exc)}; make sure model(example_input) runs, or pass another example_input"
+            ) from exc
+        try:
+            exported = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False, report=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises anything; the user needs the reason
+            raise ConversionError(
+                f"torch.onnx.export could not convert {label}: {first_line(exc)}; try another --opset"
+            ) from exc
+    model = exported.model_proto
+    image = model.graph.input[0].type.tensor_type.shape.dim
+    open_size = len(image) == 4 and not (image[2].HasField("dim_value") and image[3].HasField("dim_value"))
+    opsets = {entry.domain: entry.version for entry in model.opset_import}
+    return ExportedModel(model, open_size, opsets.get("", opset))

@@ -1,0 +1,142 @@
+"""Record every module call of a PyTorch model, and return each call's output beside the model's own.
+
+``tapped(torch, model)`` wraps ``model`` in a module whose forward runs the
+model with a forward hook on every submodule and returns::
+
+    (*model outputs (tensors, pytree order), *one copy per recorded call)
+
+so that ``torch.export`` makes each module's output a graph output (the ONNX
+optimizer can then fold nothing away: a BatchNorm stays after its Conv).
+
+Naming: a call is named by its module path (``layer1.0.conv1``); the first
+call of a module takes the bare path, later calls ``<path>#2``, ``<path>#3``...
+(a ResNet BasicBlock's shared ``relu``: ``layer1.0.relu`` then ``layer1.0.relu#2``),
+the scheme ``fmonnx.stages.names`` uses for ONNX files exported by torch.
+Every call counts, recorded or not, so the number is the call's place in order.
+
+A call is recorded when its output is a 4-D floating tensor that no earlier
+call returned unchanged. A container that returns its last child's output
+(``layer1``, ``layer1.0``) is not a layer of its own: its name is kept as an
+``also_output_of`` of the call that made the tensor (hooks fire child first, so the
+innermost call owns the tensor). A module that returns its input unchanged
+(``nn.Identity`` on the image) records nothing. In-place ops are handled: each
+output is copied when its hook fires, and a tensor changed in place since an
+earlier call counts as a new tensor (``_version``), so ``bn1`` followed by
+``ReLU(inplace=True)`` gives two layers with their own values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+__all__ = ["ModuleCall", "tapped", "call_name"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModuleCall:
+    """One recorded module call: its ``layer`` name, module path, call number and class.
+
+    ``call`` counts from 1. ``output`` is the index of its tensor in the tapped
+    module's returned tuple; ``also_output_of`` names the later calls (containers)
+    that returned the same tensor, innermost first.
+    """
+
+    layer: str
+    module: str
+    call: int
+    class_name: str
+    output: int = -1
+    also_output_of: list[str] = field(default_factory=list)
+
+
+def call_name(path: str, call: int = 1) -> str:
+    """``layer1.0.relu`` for the first call of a module (``call=1``), ``layer1.0.relu#2`` for the second..."""
+    return path if call == 1 else f"{path}#{call}"
+
+
+_CLASSES: dict = {}
+
+
+def tapped(torch, model, classes: dict[str, str] | None = None):
+    """``model`` wrapped to return every module call's 4-D output (see the module docstring).
+
+    ``classes`` maps module paths to class names when the modules' own types
+    do not tell (an unflattened ExportedProgram's InterpreterModules). After
+    each forward, the wrapper's ``calls`` lists the recorded ModuleCalls and
+    ``output_count`` the number of the model's own output tensors.
+    """
+    if "Tap" not in _CLASSES:
+        _CLASSES["Tap"] = _tap_class(torch)
+    return _CLASSES["Tap"](model, classes or {})
+
+
+def _tap_class(torch):
+    from torch.utils._pytree import tree_leaves
+
+    class Tap(torch.nn.Module):
+        def __init__(self, model, classes):
+            super().__init__()
+            self.model = model
+            self.classes = classes
+            self.calls: list[ModuleCall] = []
+            self.output_count = 0
+
+        def forward(self, *inputs):
+            seen: list[tuple[str, int, object, int, object]] = []  # path, call, tensor, version, copy
+            counts: dict[str, int] = {}
+
+            def hook(path):
+                def record(module, args, output):
+                    call = counts.get(path, 0) + 1
+                    counts[path] = call
+                    if isinstance(output, torch.Tensor) and output.dim() == 4 and output.is_floating_point():
+                        seen.append((path, call, output, output._version, output.detach().clone()))
+
+                return record
+
+            handles = [
+                module.register_forward_hook(hook(path))
+                for path, module in self.model.named_modules()
+                if path
+            ]
+            try:
+                result = self.model(*inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            outputs = [leaf for leaf in tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+            calls: list[ModuleCall] = []
+            owners: list[tuple[object, int, ModuleCall]] = []  # tensor, version, the call that made it
+            copies = []
+            for path, call, tensor, version, copy in seen:
+                if any(tensor is given for given in inputs):
+                    continue
+                owner = next((c for t, v, c in owners if t is tensor and v == version), None)
+                if owner is not None:
+                    owner.also_output_of.append(call_name(path, call))
+                    continue
+                entry = ModuleCall(call_name(path, call), path, call, self._class_of(path))
+                owners.append((tensor, version, entry))
+                unchanged = tensor._version == version
+                index = next((i for i, out in enumerate(outputs) if out is tensor and unchanged), None)
+                if index is None:
+                    copies.append(copy)
+                    index = -len(copies)  # fixed below, once the outputs are counted
+                entry.output = index
+                calls.append(entry)
+            for entry in calls:
+                if entry.output < 0:
+                    entry.output = len(outputs) + (-entry.output - 1)
+            self.calls = calls
+            self.output_count = len(outputs)
+            return (*outputs, *copies)
+
+        def _class_of(self, path: str) -> str:
+            if path in self.classes:
+                return self.classes[path]
+            return type(self.model.get_submodule(path)).__name__
+
+    return Tap
