@@ -239,11 +239,8 @@ def export(torch, model, x, path: Path, exporter: str) -> None:
         else:
             import fmonnx
 
-            made = fmonnx.convert(model, example[0])
-            if hasattr(made, "SerializeToString"):
-                path.write_bytes(made.SerializeToString())
-            else:
-                Path(getattr(made, "path", made)).replace(path)
+            made = fmonnx.convert(model, example[0], check=False)  # the sweep is the check
+            path.write_bytes(made.model.SerializeToString())
 
 
 def sweep_one(torch, spec: str, exporter: str, folder: Path) -> Tally:
