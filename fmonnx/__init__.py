@@ -24,6 +24,7 @@ __all__ = [
     "list_layers",
     "layer_stats",
     "convert",
+    "compare",
     "RenderOptions",
     "FmonnxError",
 ]
@@ -37,6 +38,7 @@ _PUBLIC = {
     "list_layers": "fmonnx.stages.plan",
     "layer_stats": "fmonnx.frontends.stats",
     "convert": "fmonnx.sources.dispatch",
+    "compare": "fmonnx.frontends.compare",
     "RenderOptions": "fmonnx.options",
     "FmonnxError": "fmonnx.errors",
 }

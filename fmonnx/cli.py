@@ -297,5 +297,77 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
     click.echo(f"Wrote {target} in {result.seconds:.1f} s")
 
 
+_MODEL_SUFFIXES = (".onnx", ".h5", ".hdf5", ".keras")
+
+
+@cli.command(name="compare")
+@click.argument("a", type=click.Path())
+@click.argument("rest", metavar="[B] [IMAGES]...", nargs=-1, type=click.Path())
+@click.option("-o", "--out", default="compare", show_default=True, help="Output folder.")
+@_selection_options
+@click.option(
+    "--preprocess", type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]), default=None,
+    help="Pixel arithmetic, the same for both sides [default: unit].",
+)
+@click.option("--provider-a", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime provider of A.")
+@click.option("--provider-b", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime provider of B.")
+@click.option("--optimization-a", type=click.Choice(["disable", "basic", "extended", "all"]), default="extended",
+              show_default=True, help="onnxruntime graph optimization level of A.")
+@click.option("--optimization-b", type=click.Choice(["disable", "basic", "extended", "all"]), default="extended",
+              show_default=True, help="onnxruntime graph optimization level of B.")
+@click.option("--min-sqnr", type=float, default=None,
+              help="Least SQNR in dB a layer must keep [default: 30, unless --rtol/--atol are given].")
+@click.option("--rtol", type=float, default=None, help="Every value within atol + rtol * |A| (numpy's allclose).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance of that test [default: 0].")
+@click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
+@click.option("--max-memory", default=None, help="Memory bound of each side's run, e.g. 2G (beyond it: passes).")
+def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a, provider_b, optimization_a,
+            optimization_b, min_sqnr, rtol, atol, size, max_memory):
+    """Compare two runs of a network layer by layer: model A (the reference) against B.
+
+    B is another model file (.onnx, or Keras, converted as render does) or, when left out, A
+    itself run another way (--provider-b cuda, --optimization-b all). IMAGES: files or folders
+    [default: the demo photo]; figures aggregate over them. Writes OUT/compare.json, one PNG per
+    layer (its worst channels as A | B | |A-B|) and OUT/index.html.
+
+    Exit code 0 when every layer and final output is within tolerance, 3 when not (with the
+    first diverging layer), 1 for bad input.
+    """
+    from pathlib import Path
+
+    from .frontends.compare import DIVERGED_EXIT_CODE
+    from .frontends.compare import compare as compare_models
+    from .options import RenderOptions
+
+    rest = list(rest)
+    b = rest.pop(0) if rest and Path(rest[0]).suffix.lower() in _MODEL_SUFFIXES else None
+    options = RenderOptions(
+        ops=_parse_ops(ops),
+        all_spatial=all_spatial,
+        preprocess=preprocess,
+        input_layout=input_layout.upper() if input_layout else None,
+        size=_parse_size(size),
+        max_memory=_parse_memory(max_memory),
+    )
+    result = compare_models(
+        a, b, rest or None, out, options, provider_a=provider_a, provider_b=provider_b,
+        optimization_a=optimization_a, optimization_b=optimization_b, min_sqnr=min_sqnr, rtol=rtol, atol=atol,
+    )
+    for problem in result.record["problems"]:
+        click.echo(f"Warning: {problem}", err=True)
+    record = result.record
+    click.echo(
+        f"Compared {len(record['layers'])} layers of {record['a']['model']} ({record['a']['provider']}) with "
+        f"{record['b']['model']} ({record['b']['provider']}); {len(record['unpaired'])} unpaired. "
+        f"Open {result.index} in a browser."
+    )
+    if not result.within_tolerance:
+        click.echo(f"Diverged: {result.summary()}", err=True)
+        sys.exit(DIVERGED_EXIT_CODE)
+    click.echo(f"Within tolerance: {result.summary()}")
+
+
 def main() -> None:
     cli(prog_name="fmonnx")

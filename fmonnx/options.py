@@ -22,6 +22,7 @@ class RenderOptions:
     all_spatial: bool = False
     preprocess: str | None = None  # DEFAULT_PRESET ("raw" for integer inputs)
     provider: str = "auto"
+    optimization: str | None = None  # onnxruntime's graph optimization level: run.DEFAULT_OPTIMIZATION (extended)
     normalization: str = DEFAULT_METHOD
     layout: str = DEFAULT_LAYOUT
     cmap: str = DEFAULT_CMAP
@@ -43,7 +44,7 @@ def check_choices(options: RenderOptions) -> None:
     from .errors import FmonnxError
     from .stages.normalize import METHODS
     from .stages.preprocess import PRESETS
-    from .stages.run import PROVIDERS
+    from .stages.run import OPTIMIZATIONS, PROVIDERS
     from .stages.tile import LAYOUTS
 
     for value, allowed, what in (
@@ -53,6 +54,10 @@ def check_choices(options: RenderOptions) -> None:
     ):
         if value not in allowed:
             raise FmonnxError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    if options.optimization is not None and options.optimization not in OPTIMIZATIONS:
+        raise FmonnxError(
+            f"unknown optimization level {options.optimization!r}; choose one of: {', '.join(OPTIMIZATIONS)}"
+        )
     if options.preprocess is not None and options.preprocess not in PRESETS:
         raise FmonnxError(f"unknown preprocessing {options.preprocess!r}; choose one of: {', '.join(PRESETS)}")
 

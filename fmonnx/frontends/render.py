@@ -155,7 +155,7 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runne
         return (plan := plan_model(model_path, options)), Runner(plan, options)
     key = (
         str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, options.ops, options.all_spatial,
-        options.input_layout, options.provider, options.threads, options.max_memory,
+        options.input_layout, options.provider, options.optimization, options.threads, options.max_memory,
         # the pass planner's drawing estimate reads these
         options.layout, options.top, options.max_channels, options.jobs,
     )

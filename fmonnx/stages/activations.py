@@ -46,6 +46,7 @@ class ImageActivations:
     problems: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     passes: dict | None = None  # how the image was split into passes, when it was
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # run_images' ``extra`` tensors, as they came
 
 
 def _shape_problem(named: NamedTensor, actual: tuple[int, ...]) -> str | None:
@@ -107,8 +108,11 @@ def compute_activations(
 
 
 def run_images(
-    plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None
+    plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[ImageActivations]:
+    """One ImageActivations per path (see compute_activations). ``extra``: more tensors (the model's
+    final outputs, say) fetched in the same run into ``outputs``; not fetched when run in passes."""
     preset = options.preprocess or ("raw" if plan.input.elem_type in (2, 3) else DEFAULT_PRESET)
     names = [named.candidate.tensor for named in plan.tensors]
     channels = plan.input.shape[plan.input_layout.channel_axis]
@@ -124,7 +128,9 @@ def run_images(
             pieces, types, result.passes = passes
             result.layers = _passed_layers(plan, runner, pieces, types, result, prepared, before_pass)
         else:
-            outputs = run_session(runner.session(), {plan.input.name: tensor}, names)
+            wanted = [name for name in extra if name not in names]
+            outputs = run_session(runner.session(), {plan.input.name: tensor}, names + wanted)
+            result.outputs = {name: outputs[name] for name in extra}
             result.seconds["inference"] = time.perf_counter() - prepared
             for named in plan.tensors:
                 layer = _layer(plan, named, outputs.pop(named.candidate.tensor), result.problems)

@@ -32,11 +32,13 @@ import onnx
 
 from ..errors import ModelError, ProviderError
 
-__all__ = ["PROVIDERS", "resolve_providers", "session_options", "create_session", "run_session"]
+__all__ = ["PROVIDERS", "OPTIMIZATIONS", "resolve_providers", "session_options", "create_session", "run_session"]
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("auto", "cpu", "cuda")
+OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimization levels
+DEFAULT_OPTIMIZATION = "extended"
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
@@ -58,13 +60,23 @@ def resolve_providers(provider: str, available: list[str]) -> list[str]:
     raise ProviderError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
 
 
-def session_options(threads: int | None = None, arena: bool = True):
-    """The ``onnxruntime.SessionOptions`` fmonnx runs with (see the module docstring)."""
+def session_options(threads: int | None = None, arena: bool = True, optimization: str | None = None):
+    """The ``onnxruntime.SessionOptions`` fmonnx runs with (see the module docstring);
+    ``optimization``: one of OPTIMIZATIONS, None for DEFAULT_OPTIMIZATION."""
     import onnxruntime as ort
 
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    level = optimization or DEFAULT_OPTIMIZATION
+    if level not in levels:
+        raise ModelError(f"unknown graph optimization level {level!r}; choose one of: {', '.join(OPTIMIZATIONS)}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime's own warnings go to the log, not the user's terminal
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = levels[level]
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = arena  # off for passes: freed tensors go back to the system
     if threads:
@@ -108,6 +120,7 @@ def create_session(
     threads: int | None = None,
     arena: bool = True,
     append: bytes = b"",
+    optimization: str | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` on the provider asked for.
 
@@ -117,7 +130,7 @@ def create_session(
     import onnxruntime as ort
 
     providers = resolve_providers(provider, ort.get_available_providers())
-    options = session_options(threads, arena)
+    options = session_options(threads, arena, optimization)
     if external_data and model_dir is not None:
         # the model travels as bytes; its external weights are read in place from its own folder
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))

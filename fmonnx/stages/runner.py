@@ -60,7 +60,8 @@ def open_session(plan: ModelPlan, options: RenderOptions | None = None):
     loaded = plan.loaded
     suffix = exposed_suffix(loaded.model, [named.candidate for named in plan.tensors])
     return create_session(
-        loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads, append=suffix
+        loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads, append=suffix,
+        optimization=options.optimization,
     )
 
 
@@ -186,7 +187,8 @@ class Runner:
 
         def open_piece(path: Path):
             session = create_session(
-                path, options.provider, loaded.path.parent, loaded.external_data, options.threads, arena=False
+                path, options.provider, loaded.path.parent, loaded.external_data, options.threads, arena=False,
+                optimization=options.optimization,
             )
             self.provider = self.provider or session.get_providers()[0]
             return session

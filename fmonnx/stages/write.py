@@ -401,14 +401,15 @@ def _manifest_files(path: Path) -> tuple[bool, list]:
     return "fmonnx_version" in found, found["files"]
 
 
-def _replaceable(target: Path) -> None:
-    """Raise OutputError unless ``target`` may be replaced by a new render."""
+def _replaceable(target: Path, record: str = MANIFEST) -> None:
+    """Raise OutputError unless ``target`` may be replaced by a new render (``record``: the
+    JSON file listing an earlier output's ``files``: manifest.json, or compare.json for compare)."""
     entries = [p for p in target.rglob("*") if p.is_file() or p.is_symlink()]
     if not entries:
         return
     try:
-        ok, files = _manifest_files(target / MANIFEST)
-        listed = set(files) | {MANIFEST}
+        ok, files = _manifest_files(target / record)
+        listed = set(files) | {record}
     except (OSError, ValueError, KeyError, TypeError):
         ok, listed = False, set()
     foreign = [p for p in entries if p.relative_to(target).as_posix() not in listed]
@@ -427,14 +428,14 @@ def _umask() -> int:
 
 
 @contextmanager
-def staged_output(target: str | os.PathLike):
-    """Yield a staging folder; on success it becomes ``target`` (replacing an
-    earlier fmonnx output there), on error it is removed and ``target`` is as it was."""
+def staged_output(target: str | os.PathLike, record: str = MANIFEST):
+    """Yield a staging folder; on success it becomes ``target`` (replacing an earlier fmonnx
+    output there, whose ``record`` lists its files), on error it is removed and ``target`` is as it was."""
     target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise OutputError(f"output path {target} is a file; pass a folder with -o")
     if target.is_dir():
-        _replaceable(target)
+        _replaceable(target, record)
         if Path.cwd().resolve().is_relative_to(target):
             raise OutputError(f"{target} holds the current folder and cannot be replaced; choose another -o")
     try:

@@ -1,0 +1,58 @@
+"""The compare page: ``index.html``, one offline page over a compare, everything inlined.
+
+As the render report: one file, no network, its CSS and JS from ``assets/``
+(``compare.html``, ``compare.css``, ``compare.js``), the figures inlined as a
+JSON block. Each layer's picture (its worst channels as A | B | |A - B|) is
+inlined too, as a ``data:`` URL, so the page works when moved on its own.
+Layers are ranked by SQNR; clicking one opens its channels side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+from pathlib import Path
+
+from .compare_result import record_json
+
+__all__ = ["INDEX", "write_compare_page"]
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.html"
+_ASSETS = Path(__file__).parent / "assets"
+
+
+def _pieces(record: dict, pictures: dict[str, str]):
+    template = (_ASSETS / "compare.html").read_text(encoding="utf-8")
+    names = f"{Path(record['a']['model']).name} vs {Path(record['b']['model']).name}"
+    # record_json writes infinities as 1e999, which JSON.parse reads as Infinity
+    data = record_json({"record": record, "pictures": pictures}).replace("\n", "")
+    parts = {
+        "{{TITLE}}": html.escape(f"fmonnx compare: {names}"),
+        "{{STYLE}}": (_ASSETS / "compare.css").read_text(encoding="utf-8"),
+        "{{SCRIPT}}": (_ASSETS / "compare.js").read_text(encoding="utf-8"),
+        # "<" escaped keeps any name (even "</script>") from closing the data block
+        "{{DATA}}": data.replace("<", "\\u003c"),
+    }
+    at = 0
+    for match in re.finditer("|".join(map(re.escape, parts)), template):
+        yield template[at : match.start()]
+        yield parts[match.group(0)]
+        at = match.end()
+    yield template[at:]
+
+
+def write_compare_page(root: Path, record: dict) -> str:
+    """Write ``root / index.html`` for ``record`` (compare.json's dict), inlining the layers'
+    PNGs that ``root`` holds; returns its name relative to ``root``."""
+    pictures = {}
+    for entry in record["layers"]:
+        if entry.get("png"):
+            encoded = base64.b64encode((root / entry["png"]).read_bytes()).decode("ascii")
+            pictures[entry["name"]] = f"data:image/png;base64,{encoded}"
+    with open(root / INDEX, "w", encoding="utf-8") as page:
+        page.writelines(_pieces(record, pictures))
+    return INDEX

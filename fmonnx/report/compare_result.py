@@ -1,0 +1,147 @@
+"""What ``compare`` returns: compare.json's figures and its folder, with a notebook view.
+
+``CompareResult.record`` is the dict written to ``compare.json``; the most
+used parts are properties (``first_divergence``, ``within_tolerance``,
+``layers``, ``outputs``, ``unpaired``). In Jupyter it shows itself
+(``_repr_html_``): the verdict, the final outputs, the layers ranked by SQNR
+with the worst ones' pictures, and a link to index.html.
+
+Infinite SQNR (identical tensors) is written as ``1e999``: valid JSON that
+Python's json and JavaScript's JSON.parse read back as infinity.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+from ..stages.write import json_pieces
+
+__all__ = ["RECORD", "CompareResult", "record_json", "format_db"]
+
+RECORD = "compare.json"
+_INFINITY = "1e999"
+_VIEW_PICTURES = 3  # layers whose pictures the notebook view shows, worst first
+_VIEW_ROWS = 12
+
+
+def _swap_infinities(value, marker: str):
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return f"{marker}{'-' if value < 0 else '+'}"
+        return value
+    if isinstance(value, dict):
+        return {key: _swap_infinities(item, marker) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_swap_infinities(item, marker) for item in value]
+    return value
+
+
+def record_json(record: dict) -> str:
+    """compare.json's text: indented, infinities as ``1e999``/``-1e999``, NaN as null."""
+    marker = "@fmonnx-infinity@"
+    # json_pieces keeps each list of plain values on one line ("files" too, which staged_output reads)
+    text = "".join(json_pieces(_swap_infinities(record, marker), indent=1))
+    return text.replace(f'"{marker}+"', _INFINITY).replace(f'"{marker}-"', f"-{_INFINITY}") + "\n"
+
+
+def format_db(value: float) -> str:
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.1f}"
+
+
+class CompareResult:
+    """A finished compare: ``record`` (compare.json's dict) and ``folder`` (where it was written)."""
+
+    def __init__(self, folder: str | Path, record: dict):
+        self.folder = Path(folder)
+        self.record = record
+
+    def __getitem__(self, key: str):
+        return self.record[key]
+
+    @property
+    def first_divergence(self) -> str | None:
+        """The first layer in A's graph order past the tolerance, or None."""
+        return self.record["first_divergence"]
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Every paired layer and every final output within the tolerance."""
+        return self.record["within_tolerance"]
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.record["layers"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.record["outputs"]
+
+    @property
+    def unpaired(self) -> list[dict]:
+        return self.record["unpaired"]
+
+    @property
+    def index(self) -> Path:
+        return self.folder / "index.html"
+
+    def layer(self, name: str) -> dict:
+        for entry in self.layers:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        """One line: the verdict, the first diverging layer and the final outputs' agreement."""
+        record = self.record
+        outputs = ", ".join(f"{entry['name']} {format_db(entry['sqnr_db'])} dB" for entry in record["outputs"])
+        outputs = f"; final outputs: {outputs}" if outputs else ""
+        count = len(record["layers"])
+        if record["first_divergence"] is not None:
+            entry = self.layer(record["first_divergence"])
+            return (
+                f"first diverging layer: {entry['name']} (SQNR {format_db(entry['sqnr_db'])} dB, max abs "
+                f"{entry['max_abs']:.3g}, {entry['nonfinite_b']} non-finite in B) of {count} compared{outputs}"
+            )
+        if not record["within_tolerance"]:
+            return f"all {count} layers within tolerance, but a final output is not{outputs}"
+        return f"all {count} layers and the final outputs within tolerance{outputs}"
+
+    def __repr__(self) -> str:
+        return f"<CompareResult {Path(self.record['a']['model']).name} vs {Path(self.record['b']['model']).name}: " \
+               f"{self.summary()}>"
+
+    def _repr_html_(self) -> str:
+        record = self.record
+        verdict = "within tolerance" if record["within_tolerance"] else "NOT within tolerance"
+        rows = []
+        ranked = sorted(record["layers"], key=lambda entry: entry["sqnr_db"])
+        for entry in ranked[:_VIEW_ROWS]:
+            style = "" if entry["within_tolerance"] else ' style="color:#b00020"'
+            rows.append(
+                f"<tr{style}><td>{html.escape(entry['name'])}</td><td>{format_db(entry['sqnr_db'])}</td>"
+                f"<td>{entry['max_abs']:.3g}</td><td>{entry['cosine']:.6f}</td>"
+                f"<td>{entry['nonfinite_a']} / {entry['nonfinite_b']}</td></tr>"
+            )
+        pictures = []
+        for entry in ranked[:_VIEW_PICTURES]:
+            path = self.folder / entry.get("png", "")
+            if entry.get("png") and path.is_file():
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                pictures.append(f'<img src="data:image/png;base64,{data}" style="max-width:100%" '
+                                f'alt="{html.escape(entry["name"])}">')
+        link = f'<p><a href="{html.escape(self.index.as_posix())}" target="_blank">open the page</a></p>' \
+            if self.index.is_file() else ""
+        return (
+            f"<div><p><b>{html.escape(Path(record['a']['model']).name)}</b> vs "
+            f"<b>{html.escape(Path(record['b']['model']).name)}</b>: {verdict}. "
+            f"{html.escape(self.summary())}. {len(record['unpaired'])} unpaired.</p>"
+            "<table><tr><th>layer (worst first)</th><th>SQNR dB</th><th>max abs</th><th>cosine</th>"
+            f"<th>non-finite A / B</th></tr>{''.join(rows)}</table>{''.join(pictures)}{link}</div>"
+        )
