@@ -348,3 +348,18 @@ def test_page_ranks_layers_and_opens_one_side_by_side(open_page, model_a, faulty
     assert page.locator("#layers tbody tr").count() == sum(not layer["within_tolerance"] for layer in result.layers)
     assert "every shown tensor" in page.locator("#unpaired").inner_text()
     assert opened.problems == []
+
+
+def test_in_passes_the_figures_are_those_of_one_run(model_a, faulty, photo, tmp_path):
+    """A memory bound that forces passes on both sides: pairs are consumed in step as the passes run,
+    and the final outputs come from a plain run; the figures do not change."""
+    whole = fmonnx.compare(model_a, faulty, [photo], out=tmp_path / "whole")
+    passed = fmonnx.compare(model_a, faulty, [photo], out=tmp_path / "passes",
+                            options=fmonnx.RenderOptions(max_memory=2**20))
+    assert [layer["name"] for layer in passed.layers] == [layer["name"] for layer in whole.layers]
+    for one, other in zip(whole.layers + whole.outputs, passed.layers + passed.outputs):
+        assert other["sqnr_db"] == pytest.approx(one["sqnr_db"], rel=1e-6)
+        assert other["max_abs"] == pytest.approx(one["max_abs"], rel=1e-6)
+    assert passed.first_divergence == "c2"
+    assert passed.record["a"]["passes"]["count"] > 1 and passed.record["b"]["passes"]["count"] > 1
+    assert "passes" not in whole.record["a"]

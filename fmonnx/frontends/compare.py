@@ -116,6 +116,7 @@ def compare(
     finals = [Agreement(tolerance) for _ in outputs]
     problems: list[str] = []
     pictures: dict[int, tuple] = {}
+    passes: dict[str, dict | None] = {"a": None, "b": None}  # how a side's run was split, when it was
     with staged_output(out, RECORD) as staging, PictureWriter(options.jobs) as writer:
         for index, path in enumerate(image_paths):
             streams = {
@@ -128,6 +129,8 @@ def compare(
                 streams["b2"] = _side(pairing.plan_b, path, side_b, runner_b, [])
             results = {key: next(stream) for key, stream in streams.items()}
             for key, result in results.items():
+                if result.passes is not None and key in passes:
+                    passes[key] = result.passes
                 problems.extend(f"{key.upper()[0]}: {problem}" for problem in result.problems)
             for position, values in _in_step(pairing, results):
                 pair = pairing.pairs[position]
@@ -153,6 +156,9 @@ def compare(
             path_a, path_b, side_a, side_b, runner_a, runner_b, pairing, tolerance, layers, noise, finals, outputs,
             drawn, image_paths, problems,
         )
+        for side in ("a", "b"):
+            if passes[side] is not None:
+                record[side]["passes"] = passes[side]
         record["seconds"] = {"plan": planned - started, "total": time.perf_counter() - started}
         record["files"] = sorted(drawn[position]["png"] for position in drawn)
         record["files"].append(write_compare_page(staging, record))
