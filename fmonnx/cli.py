@@ -328,7 +328,8 @@ def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a
     """Compare two runs of a network layer by layer: model A (the reference) against B.
 
     B is another model file (.onnx, or Keras, converted as render does) or, when left out, A
-    itself run another way (--provider-b cuda, --optimization-b all). IMAGES: files or folders
+    itself run another way (--provider-b cuda, --optimization-b all); a Keras file alone is
+    compared with its ONNX conversion, Keras's own layer outputs as A. IMAGES: files or folders
     [default: the demo photo]; figures aggregate over them. Writes OUT/compare.json, one PNG per
     layer (its worst channels as A | B | |A-B|) and OUT/index.html.
 

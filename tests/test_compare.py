@@ -363,3 +363,33 @@ def test_in_passes_the_figures_are_those_of_one_run(model_a, faulty, photo, tmp_
     assert passed.first_divergence == "c2"
     assert passed.record["a"]["passes"]["count"] > 1 and passed.record["b"]["passes"]["count"] > 1
     assert "passes" not in whole.record["a"]
+
+
+@pytest.mark.keras
+def test_keras_file_against_its_onnx_conversion(photo, tmp_path):
+    """``fmonnx compare cnn.h5``: Keras's own layer outputs (NHWC, transposed) against the converted model's."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        layers.Conv2D(4, 3, activation="relu", name="conv"),
+        layers.MaxPooling2D(2, name="pool"),
+        layers.Conv2D(2, 1, name="head"),
+        layers.GlobalAveragePooling2D(name="gap"),
+    ], name="small")
+    path = tmp_path / "cnn.h5"
+    model.save(path)
+    result = fmonnx.compare(path, None, [photo], out=tmp_path / "out")
+    assert [layer["name"] for layer in result.layers] == ["conv", "pool", "head"]
+    assert all(layer["paired_by"] == "layer output" for layer in result.layers)
+    assert result.layers[0]["shape"] == [4, SIZE - 2, SIZE - 2]
+    assert all(layer["sqnr_db"] > 80 for layer in result.layers), result.layers
+    assert result.outputs[0]["sqnr_db"] > 80 and result.within_tolerance
+    assert result.record["a"]["provider"].startswith("Keras ")
+    assert [(item["side"], item["name"]) for item in result.unpaired] == [("b", "conv/Conv")]
+    assert "inner tensor of Keras layer conv" in result.unpaired[0]["reason"]
+    cli_run = CliRunner().invoke(cli, ["compare", str(path), str(photo), "-o", str(tmp_path / "cli")])
+    assert cli_run.exit_code == 0, cli_run.output

@@ -6,6 +6,8 @@ An orchestrator over the stages render uses: ``stages.plan`` plans each side,
 when the memory bound asks), ``stages.agreement`` reduces each pair to figures,
 ``stages.triptych`` draws a layer's worst channels as A | B | |A - B|, and
 ``report.compare_page`` writes the offline page; all through ``staged_output``.
+A Keras file compared with its own conversion runs Keras eagerly for side A
+(``sources.keras.layer_outputs``, paired by ``pairing.pair_layer_outputs``).
 
 Streaming: the two sides' layers are consumed in step, pair by pair; each pair is
 reduced to sums and dropped (its arrays kept only while its picture is drawn,
@@ -29,9 +31,10 @@ from ..options import RenderOptions, check_choices
 from ..report.compare_page import write_compare_page
 from ..report.compare_result import RECORD, CompareResult, record_json
 from ..sources.keras.file import is_keras_file
-from ..stages.activations import LayerActivation, run_images
+from ..stages.activations import ImageActivations, LayerActivation, run_images
 from ..stages.agreement import Agreement, Tolerance
-from ..stages.pairing import Pair, Pairing, check_inputs, pair_plans
+from ..stages.layout import Layout
+from ..stages.pairing import Pair, Pairing, check_inputs, pair_layer_outputs, pair_plans
 from ..stages.plan import ModelPlan, demo_paths, plan_model
 from ..stages.preprocess import expand_image_paths
 from ..stages.run import create_session, resolve_providers, run_session
@@ -69,7 +72,8 @@ def compare(
     """Run models ``a`` (the reference) and ``b`` on ``images``, compare every paired tensor, write ``out``.
 
     ``b`` defaults to ``a`` (then compare two runs of one model: ``provider_b="cuda"``,
-    ``optimization_b="all"``); ``a`` defaults to the demo model, ``images`` to the demo photo.
+    ``optimization_b="all"``; a Keras file alone: Keras's own layer outputs against its ONNX
+    conversion, on the same input); ``a`` defaults to the demo model, ``images`` to the demo photo.
     ``options``: the stages shared with render (ops, preprocessing, provider, memory); ``provider_*``
     and ``optimization_*`` override its provider and onnxruntime graph optimization level per side.
     Tolerance: SQNR of at least ``min_sqnr`` dB (30 unless ``rtol``/``atol`` are given), and/or
@@ -94,19 +98,26 @@ def compare(
     tolerance = Tolerance(min_sqnr, rtol, atol)
     path_a = Path(a) if a is not None else demo_paths()[0]
     path_b = Path(b) if b is not None else path_a
-    if b is None and path_a.is_file() and is_keras_file(path_a):
-        raise ModelError(
-            f"{path_a.name} is a Keras file: its ONNX conversion is already checked layer by layer against Keras "
-            f"(fmonnx convert {path_a.name} prints the check); to compare runs, pass the converted .onnx as A and B"
-        )
     image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
-    plan_a = plan_model(path_a, side_a)
-    plan_b = plan_model(path_b, side_b)
-    check_inputs(plan_a, plan_b)
-    pairing = pair_plans(plan_a, plan_b)
-    outputs = _output_pairs(plan_a, plan_b)
-    runner_a, runner_b = Runner(pairing.plan_a, side_a), Runner(pairing.plan_b, side_b)
-    repeat_a = _repeats(side_a, repeat)
+    keras_a = None
+    if b is None and path_a.is_file() and is_keras_file(path_a):
+        # A Keras file alone: Keras's own layer outputs (A) against its ONNX conversion (B)
+        from ..sources.keras.layer_outputs import KerasLayers
+
+        keras_a = KerasLayers(path_a)
+        plan_b = plan_model(path_a, side_b)
+        pairing = pair_layer_outputs(plan_b, keras_a.classes)
+        outputs = list(zip(keras_a.output_names, [value.name for value in plan_b.loaded.model.graph.output]))
+        runner_a = None
+    else:
+        plan_a = plan_model(path_a, side_a)
+        plan_b = plan_model(path_b, side_b)
+        check_inputs(plan_a, plan_b)
+        pairing = pair_plans(plan_a, plan_b)
+        outputs = _output_pairs(plan_a, plan_b)
+        runner_a = Runner(pairing.plan_a, side_a)
+    runner_b = Runner(pairing.plan_b, side_b)
+    repeat_a = keras_a is None and _repeats(side_a, repeat)
     repeat_b = _repeats(side_b, repeat)
     planned = time.perf_counter()
 
@@ -119,15 +130,15 @@ def compare(
     passes: dict[str, dict | None] = {"a": None, "b": None}  # how a side's run was split, when it was
     with staged_output(out, RECORD) as staging, PictureWriter(options.jobs) as writer:
         for index, path in enumerate(image_paths):
-            streams = {
-                "a": _side(pairing.plan_a, path, side_a, runner_a, [name for name, _ in outputs]),
-                "b": _side(pairing.plan_b, path, side_b, runner_b, [name for _, name in outputs]),
-            }
+            results = {"b": next(_side(pairing.plan_b, path, side_b, runner_b, [name for _, name in outputs]))}
+            if keras_a is not None:  # Keras is fed exactly what B was fed
+                results["a"] = _keras_image(keras_a, pairing, path, results["b"].input_tensor)
+            else:
+                results["a"] = next(_side(pairing.plan_a, path, side_a, runner_a, [name for name, _ in outputs]))
             if repeat_a:
-                streams["a2"] = _side(pairing.plan_a, path, side_a, runner_a, [])
+                results["a2"] = next(_side(pairing.plan_a, path, side_a, runner_a, []))
             if repeat_b:
-                streams["b2"] = _side(pairing.plan_b, path, side_b, runner_b, [])
-            results = {key: next(stream) for key, stream in streams.items()}
+                results["b2"] = next(_side(pairing.plan_b, path, side_b, runner_b, []))
             for key, result in results.items():
                 if result.passes is not None and key in passes:
                     passes[key] = result.passes
@@ -148,7 +159,7 @@ def compare(
                     )
                 del first, second, values
             _add_outputs(finals, outputs, results, pairing, side_a, side_b, problems)
-            del results, streams
+            del results
             if progress is not None:
                 progress(index + 1, len(image_paths))
         drawn = {position: future.result() for position, future in pictures.items()}
@@ -156,6 +167,11 @@ def compare(
             path_a, path_b, side_a, side_b, runner_a, runner_b, pairing, tolerance, layers, noise, finals, outputs,
             drawn, image_paths, problems,
         )
+        if keras_a is not None:
+            record["a"] = {
+                "model": str(path_a), "provider": keras_a.description, "optimization": None,
+                "source": {"framework": "keras", "loader": keras_a.loader}, "input": record["b"]["input"],
+            }
         for side in ("a", "b"):
             if passes[side] is not None:
                 record[side]["passes"] = passes[side]
@@ -165,6 +181,19 @@ def compare(
         with open(staging / RECORD, "w", encoding="utf-8") as file:
             file.write(record_json(record))
     return CompareResult(Path(out), record)
+
+
+def _keras_image(keras_a, pairing: Pairing, path: Path, tensor: np.ndarray) -> ImageActivations:
+    """Keras's run of one image, shaped as a planned model's: its layers as the pairs' A tensors."""
+    outputs, layers = keras_a.run(tensor)
+    result = ImageActivations(path, tensor, {}, [], outputs=outputs)
+    for pair in pairing.pairs:
+        values = layers.pop(pair.a_source, None)
+        if values is None:
+            result.problems.append(f"{pair.name}: Keras gave no 4-D output for this layer; not compared")
+            continue
+        result.layers.append(LayerActivation(pair.a, values, (1, *values.shape), Layout(1, True)))
+    return result
 
 
 def _repeats(options: RenderOptions, repeat: bool | None) -> bool:
@@ -312,7 +341,7 @@ def _record(path_a, path_b, side_a, side_b, runner_a, runner_b, pairing: Pairing
     within = first is None and all(entry["within_tolerance"] for entry in final)
     return {
         "fmonnx_version": __version__,
-        "a": _side_record(path_a, side_a, runner_a, pairing.plan_a),
+        "a": _side_record(path_a, side_a, runner_a, pairing.plan_a) if runner_a is not None else None,
         "b": _side_record(path_b, side_b, runner_b, pairing.plan_b),
         "images": [str(path) for path in image_paths],
         "tolerance": tolerance.describe(),

@@ -38,7 +38,7 @@ from .names import NamedTensor
 from .plan import ModelPlan
 from .shapes import TensorType, infer_types
 
-__all__ = ["Pair", "Unpaired", "Pairing", "pair_plans", "check_inputs", "trace_value"]
+__all__ = ["Pair", "Unpaired", "Pairing", "pair_plans", "pair_layer_outputs", "check_inputs", "trace_value"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Pairing:
 
     pairs: list[Pair]
     unpaired: list[Unpaired]
-    plan_a: ModelPlan
+    plan_a: ModelPlan | None  # None when A is a framework's own run (pair_layer_outputs)
     plan_b: ModelPlan
 
 
@@ -227,6 +227,36 @@ def pair_plans(plan_a: ModelPlan, plan_b: ModelPlan) -> Pairing:
     plan_b = dataclasses.replace(plan_b, tensors=[pair.b for pair in pairs], layouts=layouts_b)
     log.debug("%d pairs, %d unpaired", len(pairs), len(unpaired))
     return Pairing(pairs, unpaired, plan_a, plan_b)
+
+
+def pair_layer_outputs(plan_b: ModelPlan, layers: dict[str, str], framework: str = "Keras") -> Pairing:
+    """A: a framework's own run, its layers' outputs by layer path (``layers``: path -> class); B: its
+    conversion, whose converter recorded each layer's output tensor (``fmonnx.layers`` metadata,
+    ``layer_output``). Each layer output pairs with the layer of that path; the layer's inner tensors
+    (a Conv2D's pre-activation Conv) have no counterpart in the framework and are listed as unpaired.
+    """
+    pairs: list[Pair] = []
+    unpaired: list[Unpaired] = []
+    for named in plan_b.tensors:
+        tensor, layer = named.candidate.tensor, named.source_layer
+        if named.layer_output is True and layer in layers:
+            candidate = Candidate(layer, layers[layer], layer, -1, TensorType(_FLOAT, None))
+            own = NamedTensor(candidate, layer, layer, True, layers[layer])
+            shape = chw_shape(named.candidate.type.shape, plan_b.layout_of(tensor))
+            pairs.append(Pair(layer, named.name, own, named, layer, tensor, "layer output", shape))
+        elif named.layer_output is False:
+            unpaired.append(Unpaired(
+                tensor, named.name, "b", f"an inner tensor of {framework} layer {layer}, which gives its output only"
+            ))
+        else:
+            unpaired.append(Unpaired(tensor, named.name, "b", f"no {framework} layer {layer} has a 4-D output"))
+    if not pairs:
+        raise ModelError(
+            f"none of {plan_b.loaded.path.name}'s tensors is recorded as a {framework} layer's output; "
+            f"convert the {framework} file with fmonnx convert"
+        )
+    plan_b = dataclasses.replace(plan_b, tensors=[pair.b for pair in pairs])
+    return Pairing(pairs, unpaired, None, plan_b)
 
 
 def _absent_reason(named: NamedTensor, graph_b: _Graph, b_by_name: dict, by_tensor: set) -> str:
