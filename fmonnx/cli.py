@@ -264,22 +264,25 @@ def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--out", default=None, help="ONNX file to write [default: MODEL with the suffix .onnx].")
-@click.option("--opset", type=click.IntRange(min=9), default=None, help="ONNX opset [default: 17].")
+@click.option("--opset", type=click.IntRange(min=7), default=None,
+              help="ONNX opset [default: 17 for Keras, 18 for PyTorch].")
 @click.option("--check/--no-check", default=True, show_default=True,
-              help="Compare Keras and onnxruntime on the same random input, final outputs and every layer.")
+              help="Compare the framework and onnxruntime on the same random input, final outputs and every layer.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance of the check [default: 1e-4].")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance of the check [default: 1e-5].")
 @click.option("--unsafe", is_flag=True,
-              help="Allow Lambda layers. Their stored Python code RUNS while loading: only for files you trust.")
+              help="Allow Keras Lambda layers, or load a .pt2 without vetting it. Code stored in the file RUNS: "
+              "only for files you trust.")
 @click.option("--force", is_flag=True, help="Overwrite the ONNX file if it exists.")
 def convert(model, out, opset, check, rtol, atol, unsafe, force):
-    """Convert a Keras MODEL (.h5 from Keras 2 or 3, .keras) to ONNX, keeping its layer names.
+    """Convert a Keras MODEL (.h5, .keras) or a PyTorch torch.export file (.pt2) to ONNX, keeping its layer names.
 
-    Needs the keras extra: pip install -e '.[keras]'. Lambda layers are refused unless --unsafe.
+    Needs the keras extra (pip install -e '.[keras]') or the torch extra (pip install -e '.[torch]').
+    Keras Lambda layers, and .pt2 files holding pickles or code, are refused unless --unsafe.
     """
     from pathlib import Path
 
-    from .sources.keras.convert import convert_keras, write_model
+    from .sources.pytorch.pt2_file import is_pt2_file
 
     target = Path(out) if out else Path(model).with_suffix(".onnx")
     # Checked before the slow conversion, not after it.
@@ -288,10 +291,21 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
     if target.exists() and not force:
         raise FmonnxError(f"{target} already exists; pass --force to overwrite it, or choose another path with -o")
     # A failed check raises CheckFailedError, whose message holds the check's summary.
-    result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
-    write_model(result.model, target, force=force)
-    click.echo(f"Loaded {model} with {result.loader} (saved by Keras {result.keras_version}); "
-               f"{len(result.layers)} layers with 4-D outputs")
+    if is_pt2_file(model):
+        from .sources.pytorch.convert import convert_pt2
+
+        result = convert_pt2(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
+        result.save(target, force=force)
+        spatial = "any height and width" if result.dynamic else f"fixed size {list(result.example_shape)[2:]}"
+        click.echo(f"Loaded {model} with torch {result.source['torch_version']}; "
+                   f"{len(result.layers)} module calls with 4-D outputs; {spatial}")
+    else:
+        from .sources.keras.convert import convert_keras, write_model
+
+        result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
+        write_model(result.model, target, force=force)
+        click.echo(f"Loaded {model} with {result.loader} (saved by Keras {result.keras_version}); "
+                   f"{len(result.layers)} layers with 4-D outputs")
     if result.check is not None:
         click.echo(result.check.summary())
     click.echo(f"Wrote {target} in {result.seconds:.1f} s")

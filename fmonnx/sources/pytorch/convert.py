@@ -50,7 +50,7 @@ import onnx
 from fmonnx.errors import ConversionError, ModelError
 from fmonnx.sources.check import DEFAULT_ATOL, DEFAULT_RTOL, CheckFailedError, CheckReport
 from fmonnx.sources.pytorch.check import check_conversion, random_input
-from fmonnx.sources.pytorch.export import export_onnx, first_line
+from fmonnx.sources.pytorch.export import export_onnx, first_line, quiet
 from fmonnx.sources.pytorch.load import import_torch
 from fmonnx.sources.pytorch.names import name_graph
 from fmonnx.sources.pytorch.pt2_file import load_exported_program
@@ -164,7 +164,8 @@ def convert_pt2(
         for module_path, class_path in (node.meta.get("nn_module_stack") or {}).values():
             classes.setdefault(str(module_path), str(class_path).rsplit(".", 1)[-1])
     try:
-        module = torch.export.unflatten(program)
+        with quiet():
+            module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001 - torch raises anything; the user needs the reason
         raise ConversionError(f"torch could not rebuild the modules of {path}: {first_line(exc)}") from exc
     args = (program.example_inputs or ((), {}))[0]
@@ -184,7 +185,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
         raise ConversionError(f"opset {opset} is not supported; pass an opset from 7 to {newest}")
     tap = tapped(torch, module, classes)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet():
             tap(example)
     except Exception as exc:  # noqa: BLE001 - the model's own code; the user needs the reason
         raise ModelError(
@@ -192,7 +193,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
             "pass an example_input the model accepts"
         ) from exc
     if not tap.calls:
-        kinds = sorted({type(m).__name__ for name, m in module.named_modules() if name}) or ["no submodules"]
+        kinds = sorted({tap.class_of(name) for name, _ in module.named_modules() if name}) or ["no submodules"]
         raise ModelError(
             f"{label} has no module with a 4-D (image-like) output (it has: {', '.join(kinds)}); "
             "fmonnx shows the feature maps of convolutional models built from nn.Modules"

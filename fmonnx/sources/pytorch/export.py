@@ -1,9 +1,13 @@
 """Export a tapped PyTorch model to ONNX with the dynamo exporter (``torch.export`` then ``torch.onnx``).
 
 The height and width of the image input are exported as ``Dim.AUTO``: they
-stay symbolic in the ONNX model when the model's code allows any size (a
-ResNet), and are fixed at the example's size when it does not (a Linear
-after a Flatten). ``ExportedModel.dynamic`` says which happened.
+stay symbolic in the ONNX model when the model's code allows other sizes (a
+ResNet), and are fixed at the example's size when it does not. torch.export
+does not always pin them (a Linear after a Flatten only needs H * W fixed),
+so the open model is run once in onnxruntime at (H + 32, W + 64), a size that
+keeps multiples of 32 but changes the area and the aspect; when that fails
+the input is pinned to the example's size. ``ExportedModel.dynamic`` says
+which happened.
 """
 
 from __future__ import annotations
@@ -42,6 +46,20 @@ def first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+def _runs_at_another_size(model: onnx.ModelProto, shape: tuple[int, ...]) -> bool:
+    import numpy as np
+    import onnxruntime
+
+    batch, channels, height, width = shape
+    probe = np.zeros((batch, channels, height + 32, width + 64), np.float32)
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: probe})
+    except Exception:  # noqa: BLE001 - any failure means: not at this size
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence torch's export chatter (warnings and log lines the user cannot act on)."""
@@ -62,8 +80,8 @@ def quiet():
 def export_onnx(torch, tap, example, opset: int, label: str, dynamic: bool = True) -> ExportedModel:
     """``tap`` (see tap.py) on ``example`` (1, C, H, W) as ONNX; raises ConversionError with torch's reason."""
     shapes = None
-    if dynamic:
-        auto = torch.export.Dim.AUTO
+    auto = getattr(torch.export.Dim, "AUTO", None)  # torch >= 2.6; before it, the example's size is kept
+    if dynamic and auto is not None:
         shapes = (({2: auto, 3: auto},),)
     with quiet():
         try:
@@ -83,5 +101,9 @@ def export_onnx(torch, tap, example, opset: int, label: str, dynamic: bool = Tru
     model = exported.model_proto
     image = model.graph.input[0].type.tensor_type.shape.dim
     open_size = len(image) == 4 and not (image[2].HasField("dim_value") and image[3].HasField("dim_value"))
+    if open_size and not _runs_at_another_size(model, tuple(example.shape)):
+        logger.info("%s: the exported model does not run at other sizes; its input is fixed", label)
+        image[2].dim_value, image[3].dim_value = int(example.shape[2]), int(example.shape[3])
+        open_size = False
     opsets = {entry.domain: entry.version for entry in model.opset_import}
     return ExportedModel(model, open_size, opsets.get("", opset))

@@ -118,7 +118,7 @@ def _tap_class(torch):
                 if owner is not None:
                     owner.also_output_of.append(call_name(path, call))
                     continue
-                entry = ModuleCall(call_name(path, call), path, call, self._class_of(path))
+                entry = ModuleCall(call_name(path, call), path, call, self.class_of(path))
                 owners.append((tensor, version, entry))
                 unchanged = tensor._version == version
                 index = next((i for i, out in enumerate(outputs) if out is tensor and unchanged), None)
@@ -134,7 +134,8 @@ def _tap_class(torch):
             self.output_count = len(outputs)
             return (*outputs, *copies)
 
-        def _class_of(self, path: str) -> str:
+        def class_of(self, path: str) -> str:
+            """The class name of the submodule at ``path`` (``Conv2d``)."""
             if path in self.classes:
                 return self.classes[path]
             return type(self.model.get_submodule(path)).__name__
