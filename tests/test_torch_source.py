@@ -233,8 +233,8 @@ def test_pt2_convert_and_render_through_the_cli(models, tmp_path, photo):
 
 
 @pytest.mark.torch
-def test_pt2_from_python_and_a_fixed_size_model(models, tmp_path):
-    """fmonnx.convert dispatches on the file; a Linear after a Flatten pins the size, and the source says so."""
+def test_pt2_from_python_and_a_fixed_size_model(models, tmp_path, photo, caplog):
+    """fmonnx.convert dispatches on the file; a Linear after a Flatten pins the size, and fmonnx says so."""
     import torch
 
     import fmonnx
@@ -246,9 +246,13 @@ def test_pt2_from_python_and_a_fixed_size_model(models, tmp_path):
     converted = fmonnx.convert(path)
     assert [record["layer"] for record in converted.layers] == ["0", "1"]
     assert converted.source["spatial"] == "fixed" and not converted.dynamic
+    assert "fixed size [32, 32]" in caplog.text
     target = converted.save(tmp_path / "fixed.onnx")
     dims = onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, 32, 32]
+
+    maps = fmonnx.activations(converted, photo)  # a conversion result renders as it is: the image is resized
+    assert {name: values.shape for name, values in maps.items()} == {"0": (4, 32, 32), "1": (4, 32, 32)}
 
 
 def tampered(source: Path, target: Path, change) -> Path:

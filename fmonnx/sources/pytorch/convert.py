@@ -206,7 +206,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
     if not exported.dynamic:
         logger.warning(
             "%s was exported at the fixed size %s (its code does not allow other sizes); images are resized to it",
-            label, list(example.shape)[2:],
+            label, [int(size) for size in example.shape[2:]],
         )
     onnx_model, layers = _map_layers(exported.model, tap, label)
     source = {
