@@ -336,7 +336,9 @@ _MODEL_SUFFIXES = (".onnx", ".h5", ".hdf5", ".keras")
 @click.option("--rtol", type=float, default=None, help="Every value within atol + rtol * |A| (numpy's allclose).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance of that test [default: 0].")
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
-@click.option("--max-memory", default=None, help="Memory bound of each side's run, e.g. 2G (beyond it: passes).")
+@click.option("--max-memory", default=None,
+              help="Memory bound of both sides together, e.g. 2G: half each, beyond it a side runs in passes "
+              "[default: each side render's default].")
 def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a, provider_b, optimization_a,
             optimization_b, min_sqnr, rtol, atol, size, max_memory):
     """Compare two runs of a network layer by layer: model A (the reference) against B.

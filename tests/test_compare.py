@@ -265,6 +265,14 @@ def test_models_with_different_inputs_are_refused_before_any_run(model_a, photo,
     with pytest.raises(FmonnxError, match=r"different inputs \(shape \[1, 3, 16, 16\] vs \[1, 3, 8, 8\]\)"):
         fmonnx.compare(model_a, save(other, tmp_path, "other.onnx"), [photo], out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    half_input = make_model(
+        [helper.make_node("Relu", ["input"], ["output"], name="/r/Relu")],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT16, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT16, [1, 3, SIZE, SIZE])],
+    )
+    with pytest.raises(FmonnxError, match=r"type FLOAT vs FLOAT16.*keep_io_types"):
+        fmonnx.compare(model_a, save(half_input, tmp_path, "half_input.onnx"), [photo], out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_exit_codes(model_a, faulty, photo, tmp_path):
@@ -362,6 +370,7 @@ def test_in_passes_the_figures_are_those_of_one_run(model_a, faulty, photo, tmp_
         assert other["max_abs"] == pytest.approx(one["max_abs"], rel=1e-6)
     assert passed.first_divergence == "c2"
     assert passed.record["a"]["passes"]["count"] > 1 and passed.record["b"]["passes"]["count"] > 1
+    assert passed.record["a"]["passes"]["max_memory"] <= 2**19  # the bound is shared: half each
     assert "passes" not in whole.record["a"]
 
 

@@ -74,8 +74,10 @@ def compare(
     ``b`` defaults to ``a`` (then compare two runs of one model: ``provider_b="cuda"``,
     ``optimization_b="all"``; a Keras file alone: Keras's own layer outputs against its ONNX
     conversion, on the same input); ``a`` defaults to the demo model, ``images`` to the demo photo.
-    ``options``: the stages shared with render (ops, preprocessing, provider, memory); ``provider_*``
-    and ``optimization_*`` override its provider and onnxruntime graph optimization level per side.
+    ``options``: the stages shared with render (ops, preprocessing, provider, memory: ``max_memory``
+    bounds both sides together, half each, and a side that would pass its half runs in passes);
+    ``provider_*`` and ``optimization_*`` override its provider and onnxruntime graph optimization
+    level per side.
     Tolerance: SQNR of at least ``min_sqnr`` dB (30 unless ``rtol``/``atol`` are given), and/or
     every value within ``atol + rtol * |a|``. ``repeat``: run each side twice and report its own
     noise floor per layer (None: for a side that runs on CUDA, which is not bit-deterministic).
@@ -85,11 +87,13 @@ def compare(
     """
     started = time.perf_counter()
     options = options or RenderOptions()
+    # both sides' tensors of an image are held together: a memory bound is shared, half each
+    shared = dataclasses.replace(options, max_memory=options.max_memory // 2 if options.max_memory else None)
     side_a = dataclasses.replace(
-        options, provider=provider_a or options.provider, optimization=optimization_a or options.optimization
+        shared, provider=provider_a or options.provider, optimization=optimization_a or options.optimization
     )
     side_b = dataclasses.replace(
-        options, provider=provider_b or options.provider, optimization=optimization_b or options.optimization
+        shared, provider=provider_b or options.provider, optimization=optimization_b or options.optimization
     )
     check_choices(side_a)
     check_choices(side_b)
