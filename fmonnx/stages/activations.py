@@ -122,7 +122,9 @@ def run_images(
         pixels = load_image(path, channels)
         tensor, record = prepare_input(pixels, plan.input, plan.input_layout, preset, options.size, options.max_size)
         prepared = time.perf_counter()
-        result = ImageActivations(Path(path), tensor, record, [], seconds={"preprocess": prepared - started})
+        result = ImageActivations(
+            Path(path), tensor, record, [], problems=list(plan.notes), seconds={"preprocess": prepared - started}
+        )
         passes = runner.pieces(tensor)
         if passes is not None:
             pieces, types, result.passes = passes

@@ -68,6 +68,7 @@ __all__ = [
     "name_tensors",
     "call_name",
     "split_call_name",
+    "naming_notes",
     "LAYERS_KEY",
     "SOURCE_KEY",
 ]
@@ -369,14 +370,6 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
             ))
         else:
             result.append(NamedTensor(candidate, name, layer, is_output, classes.get(layer) if is_output else None))
-    folded = [named.name for named in result if named.folded_batchnorm]
-    if folded:
-        log.warning(
-            "%d Conv tensors named after their Conv may hold Conv + BatchNorm values (%s%s): torch.onnx.export "
-            "folded each BatchNorm into the Conv before it; export with dynamo=True or do_constant_folding=False "
-            "to see them apart",
-            len(folded), ", ".join(folded[:3]), ", ..." if len(folded) > 3 else "",
-        )
     return result
 
 
@@ -396,3 +389,16 @@ def _deduplicate(names: list[str]) -> list[str]:
         taken.add(f"{name}_{count}")
         unique.append(f"{name}_{count}")
     return unique
+
+
+def naming_notes(named: list[NamedTensor], limit: int = 4) -> list[str]:
+    """One line per thing the names cannot promise, for the terminal and the manifest's ``problems``."""
+    folded = [tensor.name for tensor in named if tensor.folded_batchnorm]
+    if not folded:
+        return []
+    shown = ", ".join(folded[:limit]) + (f", ... (+{len(folded) - limit})" if len(folded) > limit else "")
+    return [
+        f"{len(folded)} Conv tensors hold a BatchNorm folded in by the TorchScript exporter ({shown}): "
+        "their values are Conv + BatchNorm; to see the two apart, convert the module with "
+        "fmonnx.convert(module, example) or `fmonnx convert model.pt2`, or export with do_constant_folding=False"
+    ]

@@ -22,7 +22,7 @@ from ..sources.inputs import conversion_record, onnx_path_for
 from .expose import DEFAULT_OPS, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout
 from .load import LoadedModel, load_model
-from .names import SOURCE_KEY, NamedTensor, name_tensors, read_layer_metadata
+from .names import SOURCE_KEY, NamedTensor, name_tensors, naming_notes, read_layer_metadata
 from .preprocess import InputSpec
 from .shapes import TensorType, infer_types
 
@@ -47,6 +47,7 @@ class ModelPlan:
     tensors: list[NamedTensor]
     layouts: dict[str, Layout]
     source: dict
+    notes: tuple[str, ...] = ()  # what the names cannot promise, said once per image (names.naming_notes)
 
     def layout_of(self, tensor: str) -> Layout:
         """The proven layout, else N,C,H,W (the ONNX convention) marked uncertain."""
@@ -134,7 +135,8 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     converted = conversion_record(model_path)
     if converted:
         source = {**source, **converted}
-    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source)
+    notes = tuple(naming_notes(named))
+    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source, notes)
 
 
 _SMALL_INITIALIZER = 64  # elements; shape inference reads small integer initializers' values
