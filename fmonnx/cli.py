@@ -335,12 +335,14 @@ _MODEL_SUFFIXES = (".onnx", ".h5", ".hdf5", ".keras")
               help="Least SQNR in dB a layer must keep [default: 30, unless --rtol/--atol are given].")
 @click.option("--rtol", type=float, default=None, help="Every value within atol + rtol * |A| (numpy's allclose).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance of that test [default: 0].")
+@click.option("--channels", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Channels drawn per layer (A | B | |A-B|), those with the most error first.")
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
 @click.option("--max-memory", default=None,
               help="Memory bound of both sides together, e.g. 2G: half each, beyond it a side runs in passes "
               "[default: each side render's default].")
 def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a, provider_b, optimization_a,
-            optimization_b, min_sqnr, rtol, atol, size, max_memory):
+            optimization_b, min_sqnr, rtol, atol, channels, size, max_memory):
     """Compare two runs of a network layer by layer: model A (the reference) against B.
 
     B is another model file (.onnx, or Keras, converted as render does) or, when left out, A
@@ -371,6 +373,7 @@ def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a
     result = compare_models(
         a, b, rest or None, out, options, provider_a=provider_a, provider_b=provider_b,
         optimization_a=optimization_a, optimization_b=optimization_b, min_sqnr=min_sqnr, rtol=rtol, atol=atol,
+        channels=channels,
     )
     for problem in result.record["problems"]:
         click.echo(f"Warning: {problem}", err=True)

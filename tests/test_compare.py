@@ -277,8 +277,9 @@ def test_models_with_different_inputs_are_refused_before_any_run(model_a, photo,
 
 def test_cli_exit_codes(model_a, faulty, photo, tmp_path):
     runner = CliRunner()
-    same = runner.invoke(cli, ["compare", str(model_a), str(photo), "-o", str(tmp_path / "same")])
+    same = runner.invoke(cli, ["compare", str(model_a), str(photo), "-o", str(tmp_path / "same"), "--channels", "2"])
     assert same.exit_code == 0, same.output
+    assert json.loads((tmp_path / "same" / "compare.json").read_text())["layers"][0]["worst_channels"] == [0, 1]
     assert "Within tolerance" in same.output
     diverged = runner.invoke(cli, ["compare", str(model_a), str(faulty), str(photo), "-o", str(tmp_path / "bad")])
     assert diverged.exit_code == 3, diverged.output
@@ -402,3 +403,28 @@ def test_keras_file_against_its_onnx_conversion(photo, tmp_path):
     assert "inner tensor of Keras layer conv" in result.unpaired[0]["reason"]
     cli_run = CliRunner().invoke(cli, ["compare", str(path), str(photo), "-o", str(tmp_path / "cli")])
     assert cli_run.exit_code == 0, cli_run.output
+
+
+def test_mixed_precision_tensor_is_compared_after_its_cast(model_a, photo, tmp_path):
+    """B runs c1 in float16 and casts its output back to float32 (as mixed-precision converters do):
+    c1 is compared at the Cast's output."""
+    values = weights()
+    nodes = [
+        helper.make_node("Cast", ["input"], ["input_fp16"], name="input_cast", to=TensorProto.FLOAT16),
+        helper.make_node("Conv", ["input_fp16", "w1_fp16", "b1_fp16"], ["c1_out"], name="/c1/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Cast", ["c1_out"], ["c1_out_fp32"], name="c1_cast", to=TensorProto.FLOAT),
+        *list(cnn(values).graph.node)[1:],
+    ]
+    nodes[3].input[0] = "c1_out_fp32"
+    initializers = [numpy_helper.from_array(values["w1"].astype(np.float16), "w1_fp16"),
+                    numpy_helper.from_array(values["b1"].astype(np.float16), "b1_fp16")]
+    initializers += [numpy_helper.from_array(values[name], name) for name in ("w2", "w3")]
+    graph = helper.make_graph(nodes, "mixed", list(cnn().graph.input), list(cnn().graph.output),
+                              initializer=initializers)
+    mixed = helper.make_model(graph, producer_name="pytorch", opset_imports=[helper.make_opsetid("", 17)])
+    mixed.ir_version = 8
+    onnx.checker.check_model(mixed)
+    result = fmonnx.compare(model_a, save(mixed, tmp_path, "mixed.onnx"), [photo], out=tmp_path / "out")
+    c1 = result.layer("c1")
+    assert c1["paired_by"] == "tensor name + Cast" and c1["b_tensor"] == "c1_out_fp32" and c1["b_source"] == "c1_out"
+    assert 40 < c1["sqnr_db"] < math.inf and result.unpaired == []

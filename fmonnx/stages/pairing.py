@@ -98,19 +98,20 @@ class _Graph:
         self.types = infer_types(model)
         self.plan = plan
 
-    def only_consumer(self, tensor: str, op: str) -> onnx.NodeProto | None:
-        """The node of type ``op`` that reads ``tensor``, when exactly one such node does."""
-        found = [node for node in self.consumers.get(tensor, []) if node.op_type == op and node.input[0] == tensor]
-        return found[0] if len(found) == 1 else None
+    def consumer(self, tensor: str, op: str) -> onnx.NodeProto | None:
+        """The first node of type ``op`` that reads ``tensor`` as its first input (quantizers may give
+        each reader its own DequantizeLinear: they compute the same values)."""
+        return next((node for node in self.consumers.get(tensor, []) if node.op_type == op and node.input[0] == tensor),
+                    None)
 
 
 def trace_value(graph: _Graph, tensor: str) -> tuple[str, str]:
     """The tensor whose values stand for ``tensor`` after what quantizers and converters insert:
     the output of Q -> DQ following it, or of a Cast to float32 following an fp16/bf16/double
     tensor; ``tensor`` itself otherwise. Returns (tensor, "" / " + QDQ" / " + Cast")."""
-    quantize = graph.only_consumer(tensor, "QuantizeLinear")
+    quantize = graph.consumer(tensor, "QuantizeLinear")
     if quantize is not None:
-        dequantize = graph.only_consumer(quantize.output[0], "DequantizeLinear")
+        dequantize = graph.consumer(quantize.output[0], "DequantizeLinear")
         if dequantize is not None:
             return dequantize.output[0], " + QDQ"
     kind = graph.types.get(tensor)
