@@ -296,6 +296,10 @@ def _unsafe_sample_inputs(name, data):
     return buffer.getvalue()
 
 
+def _legacy_fallback(name, data):
+    return data  # the entries are added by the test
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize(
     "change, message",
@@ -304,11 +308,16 @@ def _unsafe_sample_inputs(name, data):
         (_os_target, "calls 'torch.os.system'"),
         (_evil_guard, "input guard that is not plain arithmetic"),
         (_unsafe_sample_inputs, "example inputs that are not plain tensors"),
+        (_legacy_fallback, "holds a pickle or legacy entry (version)"),
     ],
 )
 def test_pt2_that_would_run_stored_code_is_refused(models, tmp_path, change, message):
     good = save_pt2(models, models.plain(), tmp_path / "good.pt2")
     bad = tampered(good, tmp_path / "bad.pt2", change)
+    if change is _legacy_fallback:  # what torch reads with its legacy reader if the pt2 reader fails
+        with zipfile.ZipFile(bad, "a") as archive:
+            archive.writestr("version", "8.0")
+            archive.writestr("serialized_state_dict.pt", b"pickle")
     result = invoke("convert", bad)
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output, result.output

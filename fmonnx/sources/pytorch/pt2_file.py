@@ -11,7 +11,8 @@ run code stored in the file in these ways:
 - the example inputs are read with ``torch.load(weights_only=True)``, and on
   failure again with ``weights_only=False``;
 - ``data/aotinductor/`` holds compiled shared libraries, which are loaded;
-- legacy layouts (``serialized_*.pt``, ``data/weights/<model>.pt``) are unpickled;
+- legacy layouts (``serialized_*.pt``, ``data/weights/<model>.pt``) are unpickled,
+  also when the current reader fails on a file that carries them as well;
 - node targets are resolved by attribute walks from ``torch``, ``_operator``
   and ``math`` (``torch.os.system`` resolves) and called when the program runs;
 - symbolic shape expressions go through ``sympy.sympify`` (``eval``), and the
@@ -222,6 +223,12 @@ def read_pt2(torch, path: str | os.PathLike) -> bytes:
             code = [n for n in names if n.startswith(tuple(root + d for d in _CODE_DIRS))]
             if code:
                 raise _refuse(path, f"holds compiled code ({code[0]}), which loading would run")
+            # torch falls back to the legacy reader (which unpickles) when the pt2 reader fails on a file
+            # that also has a root "version" entry; the only pickles read are the vetted example inputs
+            legacy = [n for n in names if n == "version" or (
+                n.endswith(".pt") and not n.startswith(root + "data/sample_inputs/"))]
+            if legacy:
+                raise _refuse(path, f"holds a pickle or legacy entry ({legacy[0]}) that torch may unpickle")
             models = [n[len(root + "models/"): -len(".json")] for n in names
                       if n.startswith(root + "models/") and n.endswith(".json")]
             if "model" not in models:
