@@ -210,3 +210,23 @@ def test_resnet50_page_shows_every_layer_and_a_2048_channel_layer(open_page, tmp
     assert detail.get_attribute("data-layer") == layers[widest]["name"]
     assert detail.get_attribute("data-channel") == "5"
     assert opened.problems == []
+
+
+def test_page_says_which_conv_holds_a_folded_batchnorm(open_page, write_image, gradient_rgb, tmp_path):
+    """A TorchScript export folds BatchNorm into the Conv: the page says so beside that layer, and only there."""
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install -e '.[torch]'")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    path = tmp_path / "folded.onnx"
+    torch.onnx.export(model, (torch.rand(1, 3, 24, 24),), str(path), dynamo=False)
+    result = render(path, [write_image(gradient_rgb)], tmp_path / "maps")
+    assert any("BatchNorm folded in" in problem for problem in result.manifest["images"][0]["problems"])
+    opened = open_page(result.index)
+    page = opened.page
+    notes = page.locator("section.layer").evaluate_all(
+        "(s) => s.map((x) => { const n = x.querySelector('.layer-note'); return n ? n.textContent : ''; })"
+    )
+    assert notes == ["Conv + BatchNorm folded in by the exporter", ""]
+    page.locator('section.layer[data-index="0"] h2 button').click()
+    assert "BatchNorm folded in" in page.locator("#detail .layer-note").inner_text()
+    assert opened.problems == []

@@ -193,6 +193,18 @@ def _colormaps(default: str) -> dict[str, str]:
     return {name: base64.b64encode(lookup_table(name).tobytes()).decode("ascii") for name in names}
 
 
+def _layer_note(entry: dict) -> str:
+    """What the name of a layer cannot promise, shown beside it on the page ("" when nothing)."""
+    notes = []
+    if entry.get("folded_batchnorm"):
+        notes.append("Conv + BatchNorm folded in by the exporter")
+    if entry.get("layout_certain") is False:
+        notes.append("channel axis not proven by the graph")
+    if entry.get("also_output_of"):
+        notes.append("also the output of " + ", ".join(entry["also_output_of"]))
+    return "; ".join(notes)
+
+
 def page_data(manifest: dict, pictures: list[str | None]) -> dict:
     """The numbers the page needs, from the manifest: layers in graph order, and per image the
     per-channel stats and data geometry of each layer (by name); ``pictures[i]`` is image i's photo."""
@@ -205,6 +217,7 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
             if entry["name"] not in known:
                 known.add(entry["name"])
                 order.append({key: entry.get(key) for key in ("name", "op", "tensor", "source_layer", "shape")})
+                order[-1]["note"] = _layer_note(entry)
             layers[entry["name"]] = {
                 "shape": entry["shape"],
                 "stats": entry.get("stats"),

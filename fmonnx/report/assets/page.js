@@ -376,7 +376,8 @@
       var open = el("button", { type: "button", text: String(index).padStart(3, "0") + "  " + info.name, title: info.tensor || "" });
       open.addEventListener("click", function () { select(index); openLayer(index); });
       var title = el("h2", {}, [open, el("span", { className: "op", text: info.op }),
-        el("span", { text: shape.join("\u00d7") })].concat(layerSummary(info.name, images)));
+        el("span", { text: shape.join("\u00d7") })].concat(layerSummary(info.name, images))
+        .concat(info.note ? [el("span", { className: "layer-note", text: info.note })] : []));
       var maps = el("div", { className: "maps" });
       var order = channelOrder(info.name, images);
       images.forEach(function (image) {
@@ -496,6 +497,7 @@
     if (detail.mode === "layer") {
       delete panel.dataset.channel;
       body.appendChild(el("h2", { text: info.name }));
+      if (info.note) body.appendChild(el("p", { className: "layer-note", text: info.note }));
       var line = el("p", { className: "muted", text: info.op + " \u00b7 " + shape.join("\u00d7") + " \u00b7 tensor " + info.tensor +
         " \u00b7 click a channel for its detail \u00b7 " });
       images.forEach(function (image) {
