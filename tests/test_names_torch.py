@@ -225,3 +225,53 @@ def test_list_layers_carries_the_flags(tmp_path):
     assert rows["stem.conv"]["folded_batchnorm"] is True
     assert rows["stem.bn.act"]["also_output_of"] == ["stem.bn", "stem"]
     assert rows["mixed/MaxPool"]["layer_output"] is False
+
+
+def _chain_model(names: list[str], weights: dict[int, str], scopes: list[str] | None = None):
+    """input (1,2,4,4) -> Conv/Relu nodes in ``names`` order (``/conv/Conv`` is a Conv) -> output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, initializers, previous = [], [], "input"
+    for index, name in enumerate(names):
+        output = "output" if index == len(names) - 1 else f"t{index}"
+        if name.endswith("Conv"):
+            weight = weights.get(index, f"onnx::Conv_{index}")
+            initializers.append(numpy_helper.from_array(np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1), weight))
+            nodes.append(helper.make_node("Conv", [previous, weight], [output], name=name))
+        else:
+            nodes.append(helper.make_node("Relu", [previous], [output], name=name))
+        if scopes:
+            entry = nodes[-1].metadata_props.add()
+            entry.key, entry.value = "pkg.torch.onnx.name_scopes", scopes[index]
+            entry = nodes[-1].metadata_props.add()
+            entry.key, entry.value = "pkg.torch.onnx.fx_node", f"%node{index}"
+        previous = output
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "chain", [value("input", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [value("output", TensorProto.FLOAT, [1, 2, 4, 4])], initializers)
+    return helper.make_model(graph, producer_name="pytorch", opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _names(model) -> list[tuple[str, bool]]:
+    from fmonnx.stages.expose import find_candidates
+    from fmonnx.stages.names import name_tensors
+    from fmonnx.stages.shapes import infer_types
+
+    candidates = find_candidates(model, infer_types(model))
+    return [(named.name, named.folded_batchnorm) for named in name_tensors(model, candidates)]
+
+
+def test_torchscript_call_suffix_or_real_module():
+    """``relu_1`` after ``relu`` is relu's second call; ``conv_1`` owning ``conv_1.weight`` is a module of its own."""
+    model = _chain_model(["/conv/Conv", "/relu/Relu", "/conv_1/Conv", "/relu_1/Relu"],
+                         {0: "conv.weight", 2: "conv_1.weight"})
+    assert _names(model) == [("conv", False), ("relu", False), ("conv_1", False), ("relu#2", False)]
+    folded = _chain_model(["/conv/Conv", "/relu/Relu"], {})
+    assert _names(folded) == [("conv", True), ("relu", False)]
+
+
+def test_dynamo_calls_are_runs_of_one_scope():
+    """Nothing in the dynamo export numbers calls: a run of nodes in one module is one call."""
+    scopes = ["['', 'relu', 'relu']", "['', 'conv', 'conv2d']", "['', 'relu', 'relu_1']", "['', 'pool', 'relu_2']"]
+    model = _chain_model(["node_relu", "node_Conv", "node_relu_1", "node_relu_2"], {1: "conv.weight"}, scopes)
+    assert _names(model) == [("relu", False), ("conv", False), ("relu#2", False), ("pool", False)]

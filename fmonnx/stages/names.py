@@ -21,8 +21,10 @@ Each node is placed in the module calls it ran in, outermost first:
   ``/layer1/layer1.0/relu_1/Relu`` is ``layer1`` > ``layer1.0`` >
   ``layer1.0.relu``. The exporter tells repeated calls apart by a suffix on the
   innermost scope (``relu``, ``relu_1``, ``relu_2``); a scope ``x_<n>`` is read
-  as a later call of ``x`` when ``x`` is a scope under the same parent. A real
-  module named ``relu_1`` beside ``relu`` is indistinguishable (heuristic).
+  as a later call of ``x`` when ``x`` is a scope under the same parent, unless
+  an initializer is named after a module ``x_<n>`` (``block.conv_1.weight``).
+  A real ``relu_1`` beside ``relu`` with no named weight (an activation, or a
+  Conv whose weights were folded) is read as a call (heuristic).
   A parent called twice is not suffixed (``/inner/conv``, ``/inner/conv_1``):
   its calls merge into one.
 - dynamo exporter: ``pkg.torch.onnx.name_scopes`` on each node,
@@ -163,20 +165,28 @@ def _script_scopes(node_name: str) -> list[str]:
     return parts[:-1]  # the last part is the op, e.g. Conv or Relu_1
 
 
-def _script_paths(scopes: list[str], known: set[tuple[tuple[str, ...], str]]) -> list[str]:
-    """Module paths, outermost first, for TorchScript ``scopes`` with call suffixes
-    removed (``relu_1`` is ``relu`` when ``known`` has a ``relu`` under the same parent).
-    A Sequential's child repeats its parent: ``layer1`` / ``layer1.0`` is ``layer1.0``."""
+def _enter(segments: list[str], scope: str) -> list[str]:
+    """The path segments inside ``scope``: a Sequential's child repeats its parent
+    (``layer1`` then ``layer1.0`` is ``layer1.0``), any other child adds a segment."""
+    if segments and scope.startswith(segments[-1] + "."):
+        return [*segments[:-1], scope]
+    return [*segments, scope]
+
+
+def _script_paths(
+    scopes: list[str], known: set[tuple[tuple[str, ...], str]], owners: frozenset[str] = frozenset()
+) -> list[str]:
+    """Module paths, outermost first, for TorchScript ``scopes`` with call suffixes removed:
+    ``relu_1`` is ``relu`` when ``known`` has a ``relu`` scope under the same parent, unless
+    a module ``relu_1`` owns a named weight (``owners``)."""
     segments: list[str] = []
     paths: list[str] = []
     for index, scope in enumerate(scopes):
         match = _CALL_SUFFIX.match(scope)
         if match and (tuple(scopes[:index]), match.group(1)) in known:
-            scope = match.group(1)
-        if segments and scope.startswith(segments[-1] + "."):
-            segments[-1] = scope
-        else:
-            segments.append(scope)
+            if ".".join(_enter(segments, scope)) not in owners:
+                scope = match.group(1)
+        segments = _enter(segments, scope)
         paths.append(".".join(segments))
     return paths
 
@@ -244,12 +254,13 @@ def _torch_calls(model: onnx.ModelProto) -> list[list[tuple[str, int]]] | None:
         return None
     scopes = [_script_scopes(node.name) if node.name.startswith("/") else [] for node in graph.node]
     known = {(tuple(chain[:index]), scope) for chain in scopes for index, scope in enumerate(chain)}
+    owners = frozenset(tensor.name.rsplit(".", 1)[0] for tensor in graph.initializer if "." in tensor.name)
     numbers: dict[tuple[str, ...], int] = {}  # a scope as written (suffix included) -> its call number
     counts = defaultdict(int)
     calls = []
     for chain in scopes:
         node_calls = []
-        for index, path in enumerate(_script_paths(chain, known)):
+        for index, path in enumerate(_script_paths(chain, known, owners)):
             key = tuple(chain[: index + 1])
             if key not in numbers:
                 counts[path] += 1
