@@ -298,7 +298,7 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
         result.save(target, force=force)
         spatial = "any height and width" if result.dynamic else f"fixed size {list(result.example_shape)[2:]}"
         click.echo(f"Loaded {model} with torch {result.source['torch_version']}; "
-                   f"{len(result.layers)} module calls with 4-D outputs; {spatial}")
+                   f"{len(result.layers)} module calls with 4-D outputs; {spatial}; opset {result.source['opset']}")
     else:
         from .sources.keras.convert import convert_keras, write_model
 

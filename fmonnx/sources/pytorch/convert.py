@@ -29,7 +29,8 @@ The converted model's ``metadata_props``:
   the same tensor, innermost first; absent when none).
 - ``fmonnx.source``: JSON object ``{"framework": "pytorch", "torch_version",
   "module": class name, "file", "converter", "example_input": [1, C, H, W],
-  "spatial": "dynamic" | "fixed"}``.
+  "spatial": "dynamic" | "fixed", "opset": the model's (the exporter keeps 18
+  when it cannot convert to a lower one asked for; a warning says so)}``.
 
 The module is run in eval mode (its modes are restored afterwards) and is not
 otherwise changed. A check that fails raises CheckFailedError after the report
@@ -208,6 +209,10 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
             "%s was exported at the fixed size %s (its code does not allow other sizes); images are resized to it",
             label, [int(size) for size in example.shape[2:]],
         )
+    if exported.opset != opset:
+        logger.warning(
+            "%s: the exporter could not convert to opset %d; the ONNX model has opset %d", label, opset, exported.opset
+        )
     onnx_model, layers = _map_layers(exported.model, tap, label)
     source = {
         "framework": "pytorch",
@@ -217,6 +222,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
         "converter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "example_input": list(example.shape),
         "spatial": "dynamic" if exported.dynamic else "fixed",
+        "opset": exported.opset,
     }
     props = {LAYERS_KEY: layers, SOURCE_KEY: source}
     kept = [p for p in onnx_model.metadata_props if p.key not in props]
