@@ -16,7 +16,9 @@ run code stored in the file in these ways:
 - node targets are resolved by attribute walks from ``torch``, ``_operator``
   and ``math`` (``torch.os.system`` resolves) and called when the program runs;
 - symbolic shape expressions go through ``sympy.sympify`` (``eval``), and the
-  ``guards_code`` strings are ``exec``-ed by ``ExportedProgram.module()``.
+  ``guards_code`` strings are compiled (``exec``) by ``ExportedProgram.module()``
+  and run on every call: a guard ``__import__('os').system(...)`` put into a
+  saved file runs when the loaded program runs (tried with torch 2.13).
 
 ``read_pt2`` therefore reads the archive into memory once and vets it first:
 only raw tensor payloads, example inputs that load with ``weights_only=True``,
