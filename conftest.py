@@ -1,7 +1,8 @@
 """The README's examples, shell and Python, run as tests (Sybil), so the documentation cannot drift.
 
 Each fenced block is one test, run in a fresh folder that holds the README's placeholder
-files made from the shipped models: ``model.onnx`` (the demo's tutorial CNN), ``photo.jpg``
+files made from the shipped models: ``model.onnx`` (the demo's tutorial CNN), ``model_int8.onnx``
+(its int8 QDQ version, when a block names it), ``photo.jpg``
 (the demo photo), ``photos/`` (two images), and, when a block names them, ``cnn.h5`` /
 ``cnn.keras`` (a small seeded Keras CNN, with the keras extra) and ``cnn.pt2`` (a small
 ``torch.export`` file, with the torch extra). ``bash`` blocks run line by line in bash with
@@ -40,6 +41,23 @@ for path in sys.argv[1:]:
     model.save(path)
 """
 
+_INT8_SCRIPT = """
+import sys, numpy as np, onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+source, target = sys.argv[1:]
+name = onnx.load(source).graph.input[0].name
+rng = np.random.default_rng(0)
+
+class Photos(CalibrationDataReader):
+    def __init__(self):
+        self.batches = iter([{name: rng.random((1, 150, 150, 3), dtype=np.float32)} for _ in range(4)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+quantize_static(source, target, Photos(), quant_format=QuantFormat.QDQ)
+"""
+
 _TORCH_SCRIPT = """
 import sys, torch
 torch.manual_seed(0)
@@ -66,6 +84,13 @@ def _placeholders(folder: Path) -> None:
 
 def _made_on_demand(source: str, folder: Path, cache: Path) -> None:
     """Build the framework files a block names, once per session, skipping when the extra is missing."""
+    if "model_int8.onnx" in source:
+        if not (cache / "model_int8.onnx").exists():
+            subprocess.run(
+                [sys.executable, "-c", _INT8_SCRIPT, str(folder / "model.onnx"), str(cache / "model_int8.onnx")],
+                check=True, capture_output=True, timeout=600,
+            )
+        shutil.copy(cache / "model_int8.onnx", folder / "model_int8.onnx")
     wanted = {name for name in ("cnn.h5", "cnn.keras", "cnn.pt2") if name in source}
     for name in sorted(wanted):
         if not (cache / name).exists():
