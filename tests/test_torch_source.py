@@ -194,6 +194,22 @@ def test_module_layers_render_and_activations_match_forward_hooks(models, tmp_pa
 
 
 @pytest.mark.torch
+def test_module_modes_are_restored_and_changed_weights_convert_again(models, photo):
+    import torch
+
+    import fmonnx
+
+    module = models.plain().train()
+    statistics = module[1].running_mean.clone()
+    before = fmonnx.activations(module, photo)
+    assert module.training and all(child.training for child in module.modules())
+    assert torch.equal(module[1].running_mean, statistics)  # run in eval mode: the statistics are untouched
+    module[0].weight.data.mul_(-1)  # through .data: no version bump
+    after = fmonnx.activations(module, photo)
+    assert np.allclose(after["0"], -before["0"] + 2 * module[0].bias.detach().numpy()[:, None, None], atol=1e-5)
+
+
+@pytest.mark.torch
 def test_bn_act_module_is_named_after_its_act_child(models):
     """timm's BatchNormAct2d: ``bn`` returns its ``act`` child's output; the pre-activation values are ``bn.drop``."""
     import fmonnx

@@ -2,16 +2,18 @@
 
 - a Keras ``.h5``/``.keras`` file, converted by sources/keras (checked, Lambda layers refused);
 - a ``torch.export`` ``.pt2`` file, converted by sources/pytorch (vetted, checked);
-- an ``nn.Module`` object, converted by sources/pytorch on an example input of
-  (1, C, 224, 224) with open height and width when the module allows it
-  (``fmonnx.convert(module, example_input)`` first for another example);
+- an ``nn.Module`` object, converted by sources/pytorch (``fmonnx.convert(module,
+  example_input)`` first, and pass its result, for another example input);
 - a conversion result (``fmonnx.convert(...)``): its checked model as it is.
 
 The ONNX model goes into a temporary folder that lives as long as the
 process, so every later stage reads an ordinary ONNX file by path. A file is
 converted once per process (again when its size or modification time
 changes); a module once per state (again when a weight or buffer is replaced
-or changed in place). torch is imported only when a PyTorch model is given.
+or changed, in place or through ``.data``; a change that keeps every tensor's
+sum and version is missed). A module is converted on an example input of
+(1, C, 224, 224); height and width stay open when the module allows it, so an
+image renders at its own size. torch is imported only when a PyTorch model is given.
 """
 
 from __future__ import annotations
@@ -84,9 +86,15 @@ def _store(result, stem: str, record: dict) -> Path:
 
 
 def _module_state(module) -> tuple:
-    """Changes when a weight or buffer is replaced (data pointer, shape) or changed in place (version)."""
-    tensors = module.state_dict(keep_vars=True).items()
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in tensors)
+    """Changes when a weight or buffer is replaced (data pointer, shape) or changed in place: the version
+    counter sees in-place ops, the sum also sees writes through ``.data``, which bypass the counter."""
+    import torch
+
+    with torch.no_grad():
+        return tuple(
+            (name, t.data_ptr(), t._version, tuple(t.shape), float(t.sum()) if t.is_floating_point() else 0.0)
+            for name, t in module.state_dict(keep_vars=True).items()
+        )
 
 
 def _module_path(module) -> Path:
