@@ -10,7 +10,7 @@ The stages, each in its own module::
       -> freeze (a GraphDef with constants for variables and captured
          tensors, XLA-compiled nested functions made inlinable)
       -> tf2onnx.convert.from_graph_def, with handlers for ops it lacks
-         (handlers: Erfc) and linear-time pruning (prune)
+         (handlers: Erfc) and linear-time replacements for its quadratic steps (linear)
       -> name_outputs, name_inner_tensors, strip_markers (keras_onnx: graph
          outputs and inner Conv outputs named after Keras layers, name-scope
          markers removed)
@@ -56,8 +56,8 @@ from fmonnx.sources.keras.check import CheckFailedError, CheckReport, compare, r
 from fmonnx.sources.keras.file import choose_loader, is_keras_file, lambda_layers, read_keras_file
 from fmonnx.sources.keras.freeze import freeze
 from fmonnx.sources.keras.handlers import CUSTOM_OP_HANDLERS
+from fmonnx.sources.keras.linear import linear_time
 from fmonnx.sources.keras.load import INSTALL_HINT, import_keras, import_tensorflow, load_keras_model
-from fmonnx.sources.keras.prune import linear_pruning
 from fmonnx.sources.keras.to_onnx import name_inner_tensors, name_outputs, strip_markers
 from fmonnx.sources.keras.trace import (
     MARKER_PATTERN,
@@ -273,9 +273,9 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
 
 
 def _to_onnx(tf, tf2onnx, trace, opset: int) -> onnx.ModelProto:
-    """Freeze the traced function (freeze) and convert it with tf2onnx: extra handlers, linear-time pruning."""
+    """Freeze the traced function (freeze) and convert it with tf2onnx: extra handlers, linear time."""
     frozen = freeze(tf, trace.concrete, trace.signature)
-    with linear_pruning(tf2onnx):
+    with linear_time(tf2onnx):
         converted, _ = tf2onnx.convert.from_graph_def(
             frozen.graph_def,
             name=trace.concrete.name,
