@@ -5,6 +5,7 @@
 - A Conv2D with ``groups > 1`` runs in an XLA-compiled nested function, in
   Keras 3 and tf_keras (ConvNeXt, RegNet): it must become an ONNX Conv.
 - The exact GELU uses ``Erfc`` (ConvNeXt), which tf2onnx had no handler for.
+- An op tf2onnx cannot convert is named in one line, not left to the checker.
 - With BatchNormalization statistics randomized, every labelled tensor must
   match its own Keras layer and not its neighbour.
 
@@ -132,3 +133,21 @@ def test_names_match_own_layer_with_random_batchnorm(frameworks, tmp_path, flavo
     for before, after in zip(order, order[1:]):
         scale = np.max(np.abs(want[after]))
         assert np.max(np.abs(got[after] - want[before])) > 100 * (ATOL + RTOL * scale), (before, after)
+
+
+def test_op_without_tf2onnx_conversion_is_named(frameworks):
+    import tensorflow as tf
+
+    from fmonnx.errors import ConversionError
+    from fmonnx.sources.keras.convert import convert_keras_model
+
+    k = frameworks["keras3"]
+
+    class Digamma(k.layers.Layer):
+        def call(self, x):
+            return tf.math.digamma(x)
+
+    x = k.Input((8, 8, 3), name="image")
+    y = Digamma(name="digamma")(k.layers.Conv2D(2, 3, name="conv")(x))
+    with pytest.raises(ConversionError, match=r"cannot convert the TensorFlow ops Digamma .*whatever the --opset"):
+        convert_keras_model(k.Model(x, y))

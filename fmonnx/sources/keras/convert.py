@@ -229,9 +229,15 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
     try:
         converted = _to_onnx(tf, tf2onnx, trace, opset)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything; the user needs the reason
+        raise ConversionError(f"tf2onnx could not convert {label}: {_first_line(exc)}; try another --opset") from exc
+    unconverted = [n for n in converted.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unconverted:
+        ops = sorted({n.op_type for n in unconverted})
         raise ConversionError(
-            f"tf2onnx could not convert {label}: {_first_line(exc)}; try another --opset"
-        ) from exc
+            f"tf2onnx {tf2onnx.__version__} cannot convert the TensorFlow ops {', '.join(ops)} of {label} "
+            f"(first in {unconverted[0].name}), whatever the --opset; rebuild the model without the layers "
+            "that use them, or report it"
+        )
     extra = [i.name for i in converted.graph.input][len(trace.signature) :]
     if extra:
         raise ConversionError(
