@@ -25,6 +25,7 @@ __all__ = [
     "layer_stats",
     "convert",
     "compare",
+    "scan",
     "RenderOptions",
     "FmonnxError",
 ]
@@ -39,6 +40,7 @@ _PUBLIC = {
     "layer_stats": "fmonnx.frontends.stats",
     "convert": "fmonnx.sources.dispatch",
     "compare": "fmonnx.frontends.compare",
+    "scan": "fmonnx.frontends.scan",
     "RenderOptions": "fmonnx.options",
     "FmonnxError": "fmonnx.errors",
 }

@@ -389,5 +389,80 @@ def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a
     click.echo(f"Within tolerance: {result.summary()}")
 
 
+class _ScanProgress(_Progress):
+    """The scan's progress bar: images done of the collection, with images/s since this run started."""
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.first = done
+            self.bar = click.progressbar(
+                length=total, label="Scanning", file=sys.stderr, show_pos=True, item_show_func=lambda rate: rate
+            )
+        rate = (done - self.first) / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(done - self.bar.pos, f"{rate:.1f} images/s")
+
+
+@cli.command(name="scan")
+@click.argument("model", type=click.Path())
+@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", default="scan", show_default=True, help="Output folder.")
+@click.option("--top", type=click.IntRange(min=1), default=9, show_default=True,
+              help="Images kept per channel: those with the highest spatial maximum.")
+@_selection_options
+@_run_options
+@click.option("--size", default=None, help="Feed images at HxW when the model's H or W is dynamic [default: 224x224].")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per onnxruntime run [default: 16].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data (pip install -e '.[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join [default: RAY_ADDRESS, else a local Ray].")
+@click.option("--resume", is_flag=True, help="Continue a killed scan into OUT from its checkpoint.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Images between checkpoints of the state [default: 1000].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime intra-op threads [default: onnxruntime's, the physical cores].")
+def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, provider, size, batch, engine,
+         ray_address, resume, checkpoint_every, threads):
+    """Find what every channel of MODEL responds to over a collection of images.
+
+    DATA: image files, folders (searched recursively), text files listing paths, or Parquet files
+    with a column of image bytes or paths. Pass 1 streams every image once and keeps per-channel
+    statistics and the top images; pass 2 cuts each top image's crop from the receptive field.
+    Writes OUT/scan.json, OUT/crops/*.png and OUT/index.html. Unreadable images are skipped and
+    listed; a killed scan continues with --resume.
+    """
+    from .frontends.scan import scan as scan_collection
+    from .options import RenderOptions
+
+    options = RenderOptions(
+        ops=_parse_ops(ops),
+        all_spatial=all_spatial,
+        preprocess=preprocess,
+        provider=provider,
+        size=_parse_size(size),
+        input_layout=input_layout.upper() if input_layout else None,
+        threads=threads,
+    )
+    progress = _ScanProgress()
+    try:
+        result = scan_collection(
+            model, list(data), out, top, options, batch=batch, engine=engine, ray_address=ray_address,
+            resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+        )
+    finally:
+        progress.close()
+    record = result.record
+    for problem in record["problems"]:
+        click.echo(f"Warning: {problem}", err=True)
+    if record["skipped"]:
+        click.echo(f"Skipped {len(record['skipped'])} unreadable images (listed in scan.json):", err=True)
+        for entry in record["skipped"][:5]:
+            click.echo(f"  {entry['reason']}", err=True)
+    click.echo(
+        f"Scanned {record['images']} images with {len(record['layers'])} layers of {record['model']} "
+        f"in {record['seconds']['total']:.1f} s ({record['engine']}, {record['provider']}); "
+        f"open {result.index} in a browser."
+    )
+
+
 def main() -> None:
     cli(prog_name="fmonnx")

@@ -1,0 +1,356 @@
+"""The scan front-end: what every channel responds to over a whole image collection.
+
+An orchestrator over the stages, in two passes (as NetDissect does it):
+
+1. Pass 1 streams every image once through ``stages.scanner`` (the model with per-channel
+   reductions in the graph, batched) and keeps only the mergeable state (``stages.tally``): per
+   channel statistics and top-k lists, memory independent of the number of images. The engine is
+   ``local`` (this process; the next batch is read on a thread while the current one runs) or
+   ``ray`` (``frontends.scan_ray``, Ray Data; partial states merged here). The state is
+   checkpointed every ``checkpoint_every`` images beside OUT (``.OUT.scan-checkpoint.npz``,
+   written to a temporary file and renamed: never half-written); ``resume`` continues from it.
+2. Pass 2 reopens only the images in some top-k list and cuts each entry's crop from the
+   receptive field (``stages.receptive``, ``stages.crops``); one picture per layer.
+
+Then OUT/scan.json, OUT/crops/*.png and OUT/index.html are written through ``staged_output``
+(nothing half-written) and the checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import FmonnxError, OutputError
+from ..options import RenderOptions, check_choices
+from ..report.scan_result import RECORD, ScanResult, record_json
+from ..sources.inputs import as_model_path
+from ..stages.collection import Collection, list_collection, read_pixels
+from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, image_box, sheet
+from ..stages.expose import exposed_suffix
+from ..stages.plan import ModelPlan, plan_model
+from ..stages.receptive import Field, receptive_fields
+from ..stages.run import create_session, run_session
+from ..stages.scanner import Scanner
+from ..stages.shapes import infer_types
+from ..stages.tally import NO_IMAGE, ScanTally
+from ..stages.write import _replaceable, file_stem, staged_output
+
+__all__ = ["scan", "ENGINES", "DEFAULT_TOP", "DEFAULT_CHECKPOINT_EVERY", "checkpoint_path"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+DEFAULT_TOP = 9
+DEFAULT_CHECKPOINT_EVERY = 1000
+CROP_SIZE = 64  # pixels of each thumbnail in the crops pictures
+
+
+def checkpoint_path(out: str | os.PathLike) -> Path:
+    """Where a scan into ``out`` keeps its state while it runs: beside OUT, since OUT itself is only
+    swapped into place, whole, at the end."""
+    target = Path(out).resolve()
+    return target.parent / f".{target.name}.scan-checkpoint.npz"
+
+
+def _save_checkpoint(path: Path, state: ScanTally, meta: dict) -> None:
+    data = state.to_bytes(meta)
+    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # atomic: a kill leaves the previous checkpoint or this one
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"cannot write the checkpoint {path} ({exc.strerror or exc}); check free space") from None
+
+
+def _fingerprint(model_path: Path, collection: Collection, top: int, options: RenderOptions, scanner: Scanner) -> dict:
+    stat = model_path.stat()
+    return {
+        "model": str(model_path.resolve()), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns,
+        "collection": collection.fingerprint(), "images": len(collection), "top": top,
+        "tensors": [layer.tensor for layer in scanner.layers], "size": list(scanner.size), "preset": scanner.preset,
+    }
+
+
+def _resumed(path: Path, meta: dict, out: Path) -> ScanTally | None:
+    if not path.exists():
+        return None
+    try:
+        state, stored = ScanTally.from_bytes(path.read_bytes())
+    except (OSError, ValueError, KeyError) as exc:
+        raise FmonnxError(
+            f"the checkpoint {path} cannot be read ({exc}); delete it and scan again without --resume"
+        ) from None
+    stored = {key: value for key, value in stored.items() if key not in ("skipped", "sizes")}
+    if stored != meta:
+        different = ", ".join(key for key in meta if stored.get(key) != meta[key])
+        raise FmonnxError(
+            f"the checkpoint {path} was made by another scan (different {different}); scan into another -o "
+            f"than {out}, or delete the checkpoint to start over"
+        )
+    return state
+
+
+def _pass_one_local(scanner: Scanner, collection: Collection, state: ScanTally, progress, save) -> None:
+    """Stream the images not yet done through ``scanner`` in batches; the next batch is read on a thread."""
+    todo = [ref for ref in collection.images if not state.done[ref.id]]
+    batches = [todo[at : at + scanner.batch] for at in range(0, len(todo), scanner.batch)]
+    with ThreadPoolExecutor(1, thread_name_prefix="fmonnx-scan-read") as reader:
+        pending = reader.submit(scanner.read_batch, batches[0]) if batches else None
+        for index in range(len(batches)):
+            ids, tensors, skipped = pending.result()
+            pending = reader.submit(scanner.read_batch, batches[index + 1]) if index + 1 < len(batches) else None
+            state.apply(scanner.run(ids, tensors, skipped))
+            save(state, len(ids) + len(skipped))
+            if progress is not None:
+                progress(int(state.done.sum()), len(collection))
+
+
+def _overlay_maps(plan: ModelPlan, options: RenderOptions, tensors: list[str]):
+    """A function image tensor -> {tensor: (C, H, W) map} for ``tensors``, on a session exposing only them."""
+    candidates = [named.candidate for named in plan.tensors if named.candidate.tensor in tensors]
+    loaded = plan.loaded
+    session = create_session(
+        loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads,
+        append=exposed_suffix(loaded.model, candidates), optimization=options.optimization,
+    )
+
+    def maps(tensor: np.ndarray) -> dict[str, np.ndarray]:
+        values = run_session(session, {plan.input.name: tensor}, tensors)
+        shaped = {}
+        for name, value in values.items():
+            axis = plan.layout_of(name).channel_axis
+            shaped[name] = np.moveaxis(value[0], axis - 1, 0)
+        return shaped
+
+    return maps
+
+
+def _pass_two(
+    scanner: Scanner, collection: Collection, state: ScanTally, fields: list[Field | None], scratch: Path,
+    crop_size: int, problems: list[str],
+) -> tuple[list[np.ndarray], dict[tuple[int, int, int], list[int]]]:
+    """Reopen each image of some top-k list; returns per layer its (C, k, s, s, 3) thumbnails (memory-mapped
+    in ``scratch``) and {(layer, channel, rank): box}."""
+    input_hw = scanner.size
+    as_maps = [covers_most(field, input_hw) for field in fields]
+    wanted: dict[int, list[tuple[int, int, int]]] = {}
+    thumbnails = []
+    for index, layer in enumerate(state.layers):
+        path = scratch / f"{index}.npy"
+        thumbnails.append(np.lib.format.open_memmap(path, "w+", np.uint8, (layer.channels, layer.k, crop_size,
+                                                                          crop_size, 3)))
+        thumbnails[-1][...] = 0
+        filled = np.argwhere(layer.top_image != NO_IMAGE)
+        for channel, rank in filled:
+            wanted.setdefault(int(layer.top_image[channel, rank]), []).append((index, int(channel), int(rank)))
+    map_tensors = [scanner.layers[i].tensor for i, flag in enumerate(as_maps) if flag]
+    maps_of = _overlay_maps(scanner.plan, scanner.options, map_tensors) if map_tensors else None
+    boxes: dict[tuple[int, int, int], list[int]] = {}
+    for image_id in sorted(wanted):
+        ref = collection.images[image_id]
+        try:
+            pixels = read_pixels(ref, 3)
+        except FmonnxError as exc:
+            problems.append(f"pass 2: {exc}; its crops are left blank")
+            continue
+        image_hw = pixels.shape[:2]
+        maps = None
+        for index, channel, rank in wanted[image_id]:
+            layer = state.layers[index]
+            y, x = int(layer.top_y[channel, rank]), int(layer.top_x[channel, rank])
+            if as_maps[index]:
+                if maps is None:
+                    maps = maps_of(scanner.prepare(read_pixels(ref, scanner.image_channels)))
+                boxes[(index, channel, rank)] = [0, 0, image_hw[1], image_hw[0]]
+                values = maps[scanner.layers[index].tensor][channel]
+                thumbnails[index][channel, rank] = activation_thumbnail(pixels, values, crop_size)
+            else:
+                box = image_box(fields[index], y, x, input_hw, image_hw)
+                boxes[(index, channel, rank)] = box
+                thumbnails[index][channel, rank] = crop_thumbnail(pixels, box, crop_size)
+    return thumbnails, boxes
+
+
+def _significant(value: float) -> float | None:
+    """A float32-derived statistic to 7 significant digits (see tally's docstring); None for no value."""
+    if not np.isfinite(value):
+        return None
+    return float(f"{value:.7g}")
+
+
+def _layer_record(index: int, named, shape, field, layer, collection, boxes, as_map: bool, picture: str,
+                  scanned: int) -> dict:
+    std, dead, zero_fraction = layer.std, layer.dead, layer.zero_fraction
+    images = max(scanned, 1)
+    channels = []
+    for channel in range(layer.channels):
+        top = []
+        for rank in range(layer.k):
+            image_id = int(layer.top_image[channel, rank])
+            if image_id == NO_IMAGE:
+                break
+            top.append({
+                "image": collection.images[image_id].label,
+                "image_id": image_id,
+                "value": _significant(float(layer.top_value[channel, rank])),
+                "y": int(layer.top_y[channel, rank]),
+                "x": int(layer.top_x[channel, rank]),
+                "box": boxes.get((index, channel, rank)),
+            })
+        channels.append({
+            "channel": channel,
+            "mean": _significant(layer.mean[channel]),
+            "std": _significant(std[channel]),
+            "min": _significant(layer.minimum[channel]),
+            "max": _significant(layer.maximum[channel]),
+            "zero_fraction": _significant(zero_fraction[channel]),
+            "fire_fraction": _significant(layer.fires[channel] / images),
+            "dead": bool(dead[channel]),
+            "top": top,
+        })
+    return {
+        "name": named.name,
+        "tensor": named.candidate.tensor,
+        "op": named.candidate.op,
+        "shape": [shape.channels, shape.height, shape.width],
+        "receptive_field": field.describe() if field is not None else None,
+        "crops_show": "activation" if as_map else "crop",
+        "dead_channels": int(dead.sum()),
+        "crops": picture,
+        "channels": channels,
+    }
+
+
+def scan(
+    model: str | os.PathLike,
+    data: str | os.PathLike | list[str | os.PathLike],
+    out: str | os.PathLike = "scan",
+    top: int = DEFAULT_TOP,
+    options: RenderOptions | None = None,
+    batch: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    crop_size: int = CROP_SIZE,
+) -> ScanResult:
+    """Scan every image of ``data`` with ``model``: per channel statistics and its top-``top`` images.
+
+    ``data``: image files, folders (recursive), text files listing paths, Parquet files (see
+    stages.collection). ``options``: the render choices scan shares (ops, all_spatial, preprocess,
+    size for dynamic models, provider, threads). ``engine``: "local" or "ray" (the [ray] extra;
+    ``ray_address`` or RAY_ADDRESS, else a local Ray). ``resume``: continue from the checkpoint a
+    killed scan into ``out`` left. ``progress(done, total)`` is called after each batch.
+    Returns a ScanResult (scan.json's dict, the folder; a notebook view).
+    """
+    options = options or RenderOptions()
+    check_choices(options)
+    if engine not in ENGINES:
+        raise FmonnxError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if top < 1:
+        raise FmonnxError(f"--top must be at least 1 (got {top})")
+    every = checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+    started = time.perf_counter()
+    target = Path(out).resolve()
+    if target.is_dir():
+        _replaceable(target, RECORD)  # fail now, not after the scan
+    elif target.exists():
+        raise OutputError(f"output path {target} is a file; pass a folder with -o")
+    model_path = as_model_path(model)
+    plan = plan_model(model_path, options)
+    collection = list_collection([data] if isinstance(data, str | os.PathLike) else list(data))
+    scanner = Scanner(plan, options, batch)
+    meta = _fingerprint(Path(plan.loaded.path), collection, top, options, scanner)
+    checkpoint = checkpoint_path(target)
+    state = _resumed(checkpoint, meta, target) if resume else None
+    resumed_from = state.done.sum() if state is not None else 0
+    if state is None:
+        state = ScanTally.empty([layer.channels for layer in scanner.layers], top, len(collection))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    since = [0]
+
+    def save(current: ScanTally, added: int) -> None:
+        since[0] += added
+        if since[0] >= every:
+            _save_checkpoint(checkpoint, current, meta)
+            since[0] = 0
+
+    planned = time.perf_counter()
+    timing = {"plan": planned - started}
+    if engine == "ray":
+        from .scan_ray import pass_one_ray
+
+        timing.update(pass_one_ray(model_path, options, scanner, collection, state, ray_address, progress, save))
+    else:
+        _pass_one_local(scanner, collection, state, progress, save)
+    timing["pass1"] = time.perf_counter() - planned
+    _save_checkpoint(checkpoint, state, meta)  # pass 2 and writing can fail; the scanned part is kept
+    fields_of = receptive_fields(plan.loaded.model, plan.input.name, infer_types(plan.loaded.model))
+    fields = [fields_of.get(layer.tensor) for layer in scanner.layers]
+    problems = list(plan.notes)
+    record = {
+        "model": str(model_path),
+        "fmonnx_version": __version__,
+        "engine": engine,
+        "provider": scanner.provider,
+        "input": {
+            "name": plan.input.name, "shape": list(plan.input.shape), "layout": plan.input_layout.name,
+            "size": list(scanner.size), "preprocess": scanner.preset,
+            "resize": "every image resized (bilinear) to size, the model's input H x W, or --size "
+                      "(default 224 x 224) when the model's H or W is dynamic",
+        },
+        "batch": scanner.batch,
+        "top": top,
+        "images": state.scanned,
+        "listed": len(collection),
+        "resumed_from": int(resumed_from),
+        "skipped": [{"image": collection.images[i].label, "reason": state.skipped[i]} for i in sorted(state.skipped)],
+        "layers": [],
+        "problems": problems,
+        "files": [],
+    }
+    with staged_output(target, RECORD) as staging:
+        (staging / "crops").mkdir()
+        with tempfile.TemporaryDirectory(prefix="fmonnx-scan-", dir=staging) as scratch:
+            pass_two = time.perf_counter()
+            thumbnails, boxes = _pass_two(scanner, collection, state, fields, Path(scratch), crop_size, problems)
+            timing["pass2"] = time.perf_counter() - pass_two
+            for index, (named, shape, field, layer) in enumerate(zip(plan.tensors, scanner.layers, fields,
+                                                                     state.layers)):
+                picture = f"crops/{file_stem(index, named.name)}.png"
+                _write_png(staging / picture, sheet(thumbnails[index]))
+                record["files"].append(picture)
+                as_map = covers_most(field, scanner.size)
+                record["layers"].append(_layer_record(index, named, shape, field, layer, collection, boxes, as_map,
+                                                      picture, state.scanned))
+            del thumbnails
+        from ..report.scan_page import write_scan_page
+
+        record["crop_size"] = crop_size
+        record["files"].append(write_scan_page(staging, record))
+        record["files"].append(RECORD)
+        record["seconds"] = {**timing, "total": time.perf_counter() - started}
+        (staging / RECORD).write_text(record_json(record), encoding="utf-8")
+    checkpoint.unlink(missing_ok=True)
+    return ScanResult(target, record)
+
+
+def _write_png(path: Path, picture: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(picture).save(path, compress_level=1)
+

@@ -1,0 +1,56 @@
+"""The scan page: ``index.html``, one offline page over a scan, everything inlined.
+
+As the other pages: one file, no network, its CSS and JS from ``assets/`` (``scan.html``,
+``scan.css``, ``scan.js``), scan.json's figures inlined as a JSON block and each layer's crops
+picture inlined as a ``data:`` URL, so the page works when moved on its own. A layer lists its
+channels, each with its top-k crops (cells of the layer's picture) and its statistics; channels can
+be sorted and dead ones hidden, as in the render report. Each channel gives the command that renders
+its top image in full (``fmonnx render``), and links to that render when OUT/renders/ holds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+from pathlib import Path
+
+from .scan_result import record_json
+
+__all__ = ["INDEX", "write_scan_page"]
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.html"
+_ASSETS = Path(__file__).parent / "assets"
+
+
+def _pieces(record: dict, pictures: dict[str, str]):
+    template = (_ASSETS / "scan.html").read_text(encoding="utf-8")
+    data = record_json({"record": record, "pictures": pictures}).replace("\n", "")
+    parts = {
+        "{{TITLE}}": html.escape(f"fmonnx scan: {Path(record['model']).name}"),
+        "{{STYLE}}": (_ASSETS / "scan.css").read_text(encoding="utf-8"),
+        "{{SCRIPT}}": (_ASSETS / "scan.js").read_text(encoding="utf-8"),
+        # "<" escaped keeps any name (even "</script>") from closing the data block
+        "{{DATA}}": data.replace("<", "\\u003c"),
+    }
+    at = 0
+    for match in re.finditer("|".join(map(re.escape, parts)), template):
+        yield template[at : match.start()]
+        yield parts[match.group(0)]
+        at = match.end()
+    yield template[at:]
+
+
+def write_scan_page(root: Path, record: dict) -> str:
+    """Write ``root / index.html`` for ``record`` (scan.json's dict), inlining the crops pictures that
+    ``root`` holds; returns its name relative to ``root``."""
+    pictures = {}
+    for entry in record["layers"]:
+        encoded = base64.b64encode((root / entry["crops"]).read_bytes()).decode("ascii")
+        pictures[entry["name"]] = f"data:image/png;base64,{encoded}"
+    with open(root / INDEX, "w", encoding="utf-8") as page:
+        page.writelines(_pieces(record, pictures))
+    return INDEX
