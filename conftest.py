@@ -84,6 +84,8 @@ def _placeholders(folder: Path) -> None:
 
 def _made_on_demand(source: str, folder: Path, cache: Path) -> None:
     """Build the framework files a block names, once per session, skipping when the extra is missing."""
+    if "import torch" in source:
+        pytest.importorskip("torch", reason="the example needs the torch extra: pip install -e '.[torch]'")
     if "model_int8.onnx" in source:
         if not (cache / "model_int8.onnx").exists():
             subprocess.run(
