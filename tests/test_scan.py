@@ -422,3 +422,39 @@ def test_scan_page_in_chromium_sorts_hides_dead_and_shows_crops(model_path, coll
         assert opened.problems == []
         opened.close()
         browser.close()
+
+
+# --- the Ray engine --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install -e '.[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_ray_engine_gives_the_local_engines_result(local_ray, model_path, tmp_path):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    spots = squares(30, seed=5)
+    paths = write_squares(tmp_path / "images", spots)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    # half of the images again as Parquet bytes, one row null: folders and Parquet in one collection
+    table = pyarrow.table({"image": [path.read_bytes() for path in paths[:15]] + [None]})
+    pq.write_table(table, tmp_path / "more.parquet", row_group_size=4)
+    data = [tmp_path / "images", tmp_path / "more.parquet"]
+    local = fmonnx.scan(model_path, data, tmp_path / "local", top=5, batch=4)
+    distributed = fmonnx.scan(model_path, data, tmp_path / "ray", top=5, batch=4, engine="ray")
+    assert local.record["images"] == distributed.record["images"] == 45
+    assert local.record["skipped"] == distributed.record["skipped"] and len(local.record["skipped"]) == 2
+    assert local.record["layers"] == distributed.record["layers"]
+    assert distributed.record["engine"] == "ray" and "ray_start" in distributed.record["seconds"]
+    brightest = [entry["image"] for entry in distributed.top("relu", 0)[:2]]
+    assert brightest[0].endswith("027.png")  # the last distinct square; its repeats tie behind it by id
+

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, MissingDependencyError
 from .preprocess import IMAGE_SUFFIXES, _to_8bit, load_image
@@ -150,8 +150,10 @@ def decode_bytes(data: bytes, label: str, channels: int = 3) -> np.ndarray:
             image = ImageOps.exif_transpose(opened)
     except Image.DecompressionBombError:
         raise ImageError(f"{label} is too large to decode safely; downscale it first") from None
-    except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ValueError
-        raise ImageError(f"{label} could not be read as an image ({type(exc).__name__})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label} is not an image Pillow can read; use a JPEG, PNG, BMP or WebP file") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # as preprocess.load_image says it, for the same files
+        raise ImageError(f"{label} could not be read ({exc}); the file may be truncated, re-save it") from None
     image = _to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
