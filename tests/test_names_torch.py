@@ -69,16 +69,30 @@ class Mixed(nn.Module):
         return torch.cat([self.branch3x3(x), self.branch_dbl(x), pool], 1)
 
 
+class PreAct(nn.Module):
+    """A functional MaxPool, then a Conv whose BatchNorm is outside the module (timm's resnet-d stem).
+    (Not a Relu: after the block's Relu the dynamo exporter's optimizer would drop one of the two.)"""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return self.conv(nn.functional.max_pool2d(x, 3, stride=1, padding=1))
+
+
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = ConvBnAct(3, 6)
         self.block = SharedRelu(6)
+        self.preact = PreAct(6)
+        self.preact_bn = nn.BatchNorm2d(6)
         self.mixed = Mixed(6)
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x):
-        return self.pool(self.mixed(self.block(self.stem(x))))
+        return self.pool(self.mixed(self.preact_bn(self.preact(self.block(self.stem(x))))))
 
 
 def tiny_model() -> nn.Module:
@@ -169,7 +183,7 @@ def test_block_output_made_by_a_later_concat(rendered):
     assert "mixed" not in layers
     pool = layers["mixed/MaxPool"]
     assert pool["layer_output"] is False and pool["op"] == "MaxPool"
-    pooled = nn.functional.max_pool2d(torch.from_numpy(calls["block.relu#2"]), 3, stride=2).numpy()
+    pooled = nn.functional.max_pool2d(torch.from_numpy(calls["preact_bn"]), 3, stride=2).numpy()
     assert same(arrays["mixed/MaxPool"], pooled)
     assert same(arrays["mixed.branch_dbl.2"], calls["mixed.branch_dbl"])
     assert layers["mixed.branch_dbl.2"]["also_output_of"] == ["mixed.branch_dbl"]
@@ -206,7 +220,7 @@ def test_folded_batchnorm(rendered):
     layers = by_name(entry)
     flagged = sorted(name for name, layer in layers.items() if layer.get("folded_batchnorm"))
     if exporter == "torchscript":
-        assert flagged == ["block.conv1", "stem.conv"]
+        assert flagged == ["block.conv1", "preact.conv", "stem.conv"]
         assert same(arrays["block.conv1"], calls["block.bn1"])
         assert not same(arrays["block.conv1"], calls["block.conv1"])
         assert "folded_batchnorm" not in layers["block.conv2"]  # no BatchNorm after it: its own weights
@@ -215,6 +229,19 @@ def test_folded_batchnorm(rendered):
         assert flagged == []
         assert same(arrays["block.bn1"], calls["block.bn1"])
         assert "block.conv1" not in layers
+
+
+def test_conv_fused_with_a_later_batchnorm(rendered):
+    """``preact``'s MaxPool is not its output although the Conv after it was fused with ``preact_bn``
+    (outside ``preact``): the dynamo exporter gives the fused Conv the BatchNorm's scope."""
+    exporter, entry, arrays, _, calls = rendered
+    layers = by_name(entry)
+    assert layers["preact/MaxPool"]["layer_output"] is False
+    assert "preact" not in layers
+    if exporter == "dynamo":
+        assert same(arrays["preact_bn"], calls["preact_bn"])
+    else:
+        assert same(arrays["preact.conv"], calls["preact_bn"]) and layers["preact.conv"]["folded_batchnorm"]
 
 
 def test_list_layers_carries_the_flags(tmp_path):

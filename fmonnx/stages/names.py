@@ -37,7 +37,10 @@ Each node is placed in the module calls it ran in, outermost first:
 
 A tensor takes a module's bare name only when it is that call's output: made
 by a node of the call (sub-modules included) and used outside it, or a graph
-output. When it leaves several nested calls (``bn`` and its child
+output. (The dynamo exporter's optimizer fuses a BatchNorm into the Conv before
+it and gives the fused node the BatchNorm's scopes; the Conv's weight keeps
+its parameter name, ``layer1.0.conv1.weight``, so the fused node still counts
+as inside the Conv's modules.) When it leaves several nested calls (``bn`` and its child
 ``bn.act``), the innermost module names it and the others are kept in
 ``also_output_of``. Any other tensor of a call is ``<call>/<Op>``; a node in no
 module (the top-level ``forward``'s own ops) keeps its node name. Calls are
@@ -290,6 +293,19 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
     initializers = {tensor.name for tensor in graph.initializer}
     dynamo = any(_SCOPES_KEY in prop.key for node in graph.node for prop in node.metadata_props)
     member = [set(node_calls) for node_calls in calls]
+    # A dynamo Conv with a BatchNorm fused in carries the BatchNorm's scopes; its weight keeps the Conv's
+    # parameter name (``layer1.0.conv1.weight``), so the Conv's own modules still count as using its input.
+    fused_from = {
+        index: node.input[1].rsplit(".", 1)[0]
+        for index, node in enumerate(graph.node)
+        if dynamo and node.op_type == "Conv" and len(node.input) > 1 and node.input[1].endswith(".weight")
+        and "FuseBatchNormIntoConv" in _props(node).get(_RULES_KEY, "")
+    }
+
+    def inside(call: tuple[str, int], user: int) -> bool:
+        origin = fused_from.get(user)
+        return call in member[user] or (origin is not None and f"{origin}.".startswith(f"{call[0]}."))
+
     named = {}
     for candidate in candidates:
         node = graph.node[candidate.node_index]
@@ -303,7 +319,7 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
         users = consumers.get(candidate.tensor, [])
         left = [
             call for call in chain
-            if candidate.tensor in graph_outputs or any(call not in member[user] for user in users)
+            if candidate.tensor in graph_outputs or any(not inside(call, user) for user in users)
         ]
         path, number = chain[-1]
         if left and left[-1] == chain[-1]:
