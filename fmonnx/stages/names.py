@@ -291,7 +291,7 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
             consumers[name].append(index)
     graph_outputs = {output.name for output in graph.output}
     initializers = {tensor.name for tensor in graph.initializer}
-    dynamo = any(_SCOPES_KEY in prop.key for node in graph.node for prop in node.metadata_props)
+    dynamo = any(prop.key == _SCOPES_KEY for node in graph.node for prop in node.metadata_props)
     member = [set(node_calls) for node_calls in calls]
     # A dynamo Conv with a BatchNorm fused in carries the BatchNorm's scopes; its weight keeps the Conv's
     # parameter name (``layer1.0.conv1.weight``), so the Conv's own modules still count as using its input.
