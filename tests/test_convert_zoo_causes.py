@@ -5,7 +5,8 @@
 - A Conv2D with ``groups > 1`` runs in an XLA-compiled nested function, in
   Keras 3 and tf_keras (ConvNeXt, RegNet): it must become an ONNX Conv.
 - The exact GELU uses ``Erfc`` (ConvNeXt), which tf2onnx had no handler for.
-- An op tf2onnx cannot convert is named in one line, not left to the checker.
+- An op tf2onnx cannot convert is named in one line, not left to the checker;
+  a Keras 3 .h5 that Keras 3 cannot read back (MobileNetV3) advises .keras.
 - With BatchNormalization statistics randomized, every labelled tensor must
   match its own Keras layer and not its neighbour.
 
@@ -151,3 +152,18 @@ def test_op_without_tf2onnx_conversion_is_named(frameworks):
     y = Digamma(name="digamma")(k.layers.Conv2D(2, 3, name="conv")(x))
     with pytest.raises(ConversionError, match=r"cannot convert the TensorFlow ops Digamma .*whatever the --opset"):
         convert_keras_model(k.Model(x, y))
+
+
+def test_keras3_h5_keras_cannot_read_back_advises_keras_format(frameworks, tmp_path):
+    """MobileNetV3's ``x + 3.0`` between layers: Keras 3 writes the .h5 but cannot load it (its .keras it can)."""
+    from fmonnx.errors import ConversionError
+
+    k = frameworks["keras3"]
+    x = k.Input((8, 8, 3), name="image")
+    y = k.layers.ReLU(6.0, name="relu6")(k.layers.Conv2D(2, 3, name="conv")(x) + 3.0)
+    model = k.Model(x, y, name="hard")
+    keras_models.save(model, tmp_path / "hard.h5")
+    with pytest.raises(ConversionError, match=r"save the model as \.keras instead"):
+        convert_keras(tmp_path / "hard.h5")
+    keras_models.save(model, tmp_path / "hard.keras")
+    assert [e["layer"] for e in convert_keras(tmp_path / "hard.keras").layers][-1] == "relu6"

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 LOADERS = ("keras3", "tf_keras")
 INSTALL_HINT = "run: pip install -e '.[keras]'"
+# The function that converts a model already loaded in Python (custom classes, files Keras cannot read).
+IN_MEMORY = "fmonnx.sources.keras.convert.convert_keras_model"
 # Class names in a config that are models or framework glue, not layers of keras.layers.
 CONTAINER_CLASSES = frozenset({"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"})
 
@@ -82,10 +84,14 @@ def load_keras_model(keras_file: KerasFile, loader: str, *, unsafe: bool = False
         return model, name, module
     if isinstance(first_error, MissingDependencyError):
         raise first_error
+    if keras_file.format == "h5" and (keras_file.keras_version or "").startswith("3."):
+        # Keras 3 cannot read back every .h5 it writes (MobileNetV3, ConvNeXt); its .keras files it can.
+        advice = "save the model as .keras instead (model.save('model.keras')) and convert that"
+    else:
+        advice = f"load it in Python and call {IN_MEMORY}(model)"
     raise ConversionError(
         f"{keras_file.path} (saved by Keras {keras_file.keras_version or 'unknown'}) could not be loaded "
-        f"by Keras 3 nor tf_keras: {_first_line(first_error)}; load it in Python and call "
-        "fmonnx.convert.convert_keras_model(model)"
+        f"by Keras 3 nor tf_keras: {_first_line(first_error)}; {advice}"
     ) from first_error
 
 
@@ -106,8 +112,8 @@ def _raise_if_custom(keras_file: KerasFile, module: ModuleType) -> None:
         listing = ", ".join(f"'{path}' ({cls})" for path, cls in custom)
         raise ModelError(
             f"{keras_file.path} uses custom layer classes that Keras cannot rebuild without their code: "
-            f"{listing}; load the model in Python with custom_objects and call "
-            "fmonnx.convert.convert_keras_model(model)"
+            f"{listing}; load the model in Python with custom_objects and call {IN_MEMORY}(model)"
+            + (", or save it as .keras and convert that" if keras_file.format == "h5" else "")
         )
 
 
