@@ -87,28 +87,59 @@ QUICK = ("MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny", "DenseNet121", "R
 LARGE = ("EfficientNetB6", "EfficientNetB7", "EfficientNetV2L", "NASNetLarge", "ConvNeXtLarge", "ConvNeXtXLarge")
 
 
-def randomize_normalization(model, seed: int) -> int:
-    """Give every BatchNormalization / LayerNormalization random statistics and scales; return how many."""
+def randomize_normalization(keras, model, seed: int) -> int:
+    """Give every BatchNormalization random statistics, and every Batch/LayerNormalization a random scale
+    and shift; return how many layers changed.
+
+    Random moving statistics drawn from nothing make a deep model's activations
+    grow layer after layer (to 1e4 in EfficientNetV2B1), where float32 rounding
+    decides the result and no two runtimes agree. So each BatchNormalization
+    first gets the statistics of its own input on a seeded random batch (one
+    training-mode pass with momentum 0), then a random shift of the mean by up
+    to 0.2 standard deviations and a random factor of 0.5 to 1.5 on the
+    variance; gamma is drawn from [0.5, 1.5] and beta from N(0, 0.2). None of
+    them is the identity, and activations stay near unit scale.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    norms = [layer for layer in flat_layers(keras, model) if type(layer).__name__.endswith("Normalization")]
+    batch_norms = [layer for layer in norms if type(layer).__name__ == "BatchNormalization"]
+    shape = [
+        4 if size is None and i == 0 else (OPEN_SIZE if size is None else size)
+        for i, size in enumerate(model.inputs[0].shape)
+    ]
+    momenta = [layer.momentum for layer in batch_norms]
+    for layer in batch_norms:
+        layer.momentum = 0.0
+    model(rng.uniform(0, 255, shape).astype("float32"), training=True)
+    for layer, momentum in zip(batch_norms, momenta):
+        layer.momentum = momentum
     changed = 0
-    for layer in model.layers:
+    for layer in norms:
         kind = type(layer).__name__
         if kind not in ("BatchNormalization", "LayerNormalization"):
             continue
-        weights = []
-        for variable in layer.weights:
-            name, shape = variable.name.split("/")[-1].split(":")[0], tuple(variable.shape)
-            if "variance" in name:
-                weights.append(rng.uniform(0.5, 1.5, shape))
-            elif "gamma" in name:
-                weights.append(rng.uniform(0.5, 1.5, shape))
-            else:  # beta, moving_mean
-                weights.append(rng.normal(0.0, 0.2, shape))
-        layer.set_weights([w.astype("float32") for w in weights])
+        values = {v.path.split("/")[-1]: np.asarray(v) for v in layer.weights}
+        if "moving_mean" in values:
+            std = np.sqrt(values["moving_variance"] + layer.epsilon)
+            values["moving_mean"] = values["moving_mean"] + rng.uniform(-0.2, 0.2, std.shape) * std
+            values["moving_variance"] = values["moving_variance"] * rng.uniform(0.5, 1.5, std.shape)
+        for name in ("gamma", "beta"):
+            if name in values:
+                size = values[name].shape
+                values[name] = rng.uniform(0.5, 1.5, size) if name == "gamma" else rng.normal(0.0, 0.2, size)
+        layer.set_weights([values[v.path.split("/")[-1]].astype("float32") for v in layer.weights])
         changed += 1
     return changed
+
+
+def flat_layers(keras, model) -> list:
+    """Every layer of ``model``, nested models descended into."""
+    found = []
+    for layer in model.layers:
+        found += flat_layers(keras, layer) if isinstance(layer, keras.Model) else [layer]
+    return found
 
 
 def _is_spatial(layer) -> bool:
@@ -202,7 +233,7 @@ def worker(name: str, formats: list[str], rtol: float, folder: Path) -> None:
     keras.utils.set_random_seed(SEED)
     start = time.perf_counter()
     model = getattr(keras.applications, name)(weights=None)
-    randomize_normalization(model, SEED)
+    randomize_normalization(keras, model, SEED)
     build_s = time.perf_counter() - start
     spatial = spatial_paths(keras, model)
     height, width = (size or OPEN_SIZE for size in model.inputs[0].shape[1:3])
