@@ -347,6 +347,29 @@ def test_a_fixed_batch_of_one_model_is_batched(tmp_path, collection):
     assert [entry["image_id"] for entry in result.top("relu", 0)] == expected_top(spots, 3)
 
 
+def test_older_opsets_and_channels_last_tensors(tmp_path, collection):
+    from conftest import rgb_identity_model_nhwc
+
+    folder, spots = collection
+    results = []
+    for opset in (11, 13, 17, 18):
+        model = square_model()
+        model.opset_import[0].version = opset
+        results.append(fmonnx.scan(save(model, tmp_path, f"op{opset}.onnx"), folder, tmp_path / f"o{opset}", top=3))
+    for result in results[1:]:
+        assert result.record["layers"] == results[0].record["layers"]
+    # relu_nhwc is N,H,W,C (after a Transpose): reduced over the right axis
+    write_squares(tmp_path / "small", [(0, 0, 250)], size=SIZE)
+    Image.fromarray(np.full((5, 6, 3), (10, 200, 30), np.uint8)).save(tmp_path / "small" / "green.png")
+    nhwc = fmonnx.scan(save(rgb_identity_model_nhwc(), tmp_path, "nhwc.onnx"), tmp_path / "small",
+                       tmp_path / "nhwc", top=2)
+    layer = nhwc.layer("relu_nhwc")
+    assert layer["shape"] == [3, 5, 6]
+    assert [entry["image"] for entry in layer["channels"][0]["top"]][0].endswith("000.png")
+    assert [entry["image"] for entry in layer["channels"][1]["top"]][0].endswith("green.png")
+    assert layer["channels"][1]["max"] == pytest.approx(200 / 255, rel=1e-6)
+
+
 # --- resume after a kill ---------------------------------------------------------------------------
 
 

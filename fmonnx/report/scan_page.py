@@ -2,7 +2,8 @@
 
 As the other pages: one file, no network, its CSS and JS from ``assets/`` (``scan.html``,
 ``scan.css``, ``scan.js``), scan.json's figures inlined as a JSON block and each layer's crops
-picture inlined as a ``data:`` URL, so the page works when moved on its own. A layer lists its
+picture inlined as a ``data:`` URL, so the page works when moved on its own (above INLINE_LIMIT of
+pictures, a large model's, the page refers to ``crops/*.png`` beside it instead: offline still). A layer lists its
 channels, each with its top-k crops (cells of the layer's picture) and its statistics; channels can
 be sorted and dead ones hidden, as in the render report. Each channel gives the command that renders
 its top image in full (``fmonnx render``), and links to that render when OUT/renders/ holds it.
@@ -23,6 +24,7 @@ __all__ = ["INDEX", "write_scan_page"]
 log = logging.getLogger(__name__)
 
 INDEX = "index.html"
+INLINE_LIMIT = 24 * 2**20  # bytes of crops pictures inlined; above it the page links crops/*.png beside it
 _ASSETS = Path(__file__).parent / "assets"
 
 
@@ -47,8 +49,12 @@ def _pieces(record: dict, pictures: dict[str, str]):
 def write_scan_page(root: Path, record: dict) -> str:
     """Write ``root / index.html`` for ``record`` (scan.json's dict), inlining the crops pictures that
     ``root`` holds; returns its name relative to ``root``."""
+    total = sum((root / entry["crops"]).stat().st_size for entry in record["layers"])
     pictures = {}
     for entry in record["layers"]:
+        if total > INLINE_LIMIT:  # a browser chokes on a page of hundreds of MB: the pictures stay beside it
+            pictures[entry["name"]] = entry["crops"]
+            continue
         encoded = base64.b64encode((root / entry["crops"]).read_bytes()).decode("ascii")
         pictures[entry["name"]] = f"data:image/png;base64,{encoded}"
     with open(root / INDEX, "w", encoding="utf-8") as page:

@@ -10,7 +10,7 @@ After (``reduction_suffix(model, layers)``, one group per exposed tensor T)::
     F -> ReduceMax       -> T/max     (N, C)  the channel's spatial maximum
     F -> ArgMax          -> T/argmax  (N, C)  int64 flat index y * W + x of its first maximum
     F -> ReduceMin       -> T/min     (N, C)
-    F -> ReduceMean      -> T/mean    (N, C)
+    F -> ReduceMean      -> T/mean    (N, C, 1)  (kept for the centring; read as (N, C))
     F - mean -> ReduceSumSquare -> T/m2   (N, C)  sum of squared deviations (Chan's M2 of one image)
     F == 0 -> Cast -> ReduceSum -> T/zeros (N, C)
     Shape(T)              -> T/shape   (4,)    so ``argmax`` can be read as y, x
@@ -99,8 +99,7 @@ def reduction_suffix(
         _reduce("ReduceMax", flat, names["max"], axes, opset, nodes)
         nodes.append(helper.make_node("ArgMax", [flat], [names["argmax"]], name=names["argmax"], axis=2, keepdims=0))
         _reduce("ReduceMin", flat, names["min"], axes, opset, nodes)
-        _reduce("ReduceMean", flat, names["mean"], axes, opset, nodes)
-        kept_mean = f"{base}/mean_kept"
+        kept_mean = names["mean"]  # (N, C, 1): one pass serves the output and the centring
         if opset >= 18:
             nodes.append(helper.make_node("ReduceMean", [flat, axes], [kept_mean], name=kept_mean, keepdims=1))
         else:
@@ -118,7 +117,8 @@ def reduction_suffix(
         graph.output.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [4]))
         for stat in STATISTICS:
             elem = TensorProto.INT64 if stat == "argmax" else TensorProto.FLOAT
-            graph.output.append(helper.make_tensor_value_info(names[stat], elem, [None, None]))
+            dims = [None, None, 1] if stat == "mean" else [None, None]
+            graph.output.append(helper.make_tensor_value_info(names[stat], elem, dims))
         reduced.append(ReducedLayer(tensor, channel_axis, tuple(names[stat] for stat in STATISTICS), shape))
     graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), f"{_PREFIX}/zero_value"))
     graph.node.extend(nodes)

@@ -183,7 +183,7 @@ class LayerDelta:
 def layer_delta(ids: np.ndarray, stats: dict[str, np.ndarray], height: int, width: int) -> LayerDelta:
     """A batch's LayerDelta from the reductions' (N, C) arrays (reduce.STATISTICS) of maps of height x width."""
     n = float(height * width)
-    mean = stats["mean"].astype(np.float64)
+    mean = stats["mean"].astype(np.float64).reshape(stats["max"].shape)  # reduce.py's mean is (N, C, 1)
     batch_mean = mean.mean(axis=0)
     batch_m2 = stats["m2"].astype(np.float64).sum(axis=0) + n * ((mean - batch_mean) ** 2).sum(axis=0)
     maxima = stats["max"].astype(np.float64)
