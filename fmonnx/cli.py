@@ -420,8 +420,11 @@ class _ScanProgress(_Progress):
               help="Images between checkpoints of the state [default: 1000].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime intra-op threads [default: onnxruntime's, the physical cores].")
+@click.option("--renders", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Full renders into OUT/renders/ of this many top-1 images (the top image of the most channels "
+              "first), linked from the page; the page gives the command for the others.")
 def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, provider, size, batch, engine,
-         ray_address, resume, checkpoint_every, threads):
+         ray_address, resume, checkpoint_every, threads, renders):
     """Find what every channel of MODEL responds to over a collection of images.
 
     DATA: image files, folders (searched recursively), text files listing paths, or Parquet files
@@ -446,7 +449,7 @@ def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, prov
     try:
         result = scan_collection(
             model, list(data), out, top, options, batch=batch, engine=engine, ray_address=ray_address,
-            resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+            resume=resume, checkpoint_every=checkpoint_every, progress=progress, renders=renders,
         )
     finally:
         progress.close()

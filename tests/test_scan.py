@@ -420,7 +420,10 @@ def test_scan_page_in_chromium_sorts_hides_dead_and_shows_crops(model_path, coll
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     folder, spots = collection
-    result = fmonnx.scan(model_path, folder, tmp_path / "out", top=3)
+    result = fmonnx.scan(model_path, folder, tmp_path / "out", top=3, renders=1)
+    # one render: the image that is the top image of most channels (id 0, first of the dead channels' ties)
+    assert result.record["renders"] == {str(folder / "000.png"): "renders/000_000/index.html"}
+    assert (result.folder / "renders/000_000/index.html").is_file()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         opened = Opened(browser, result.index)
@@ -437,7 +440,14 @@ def test_scan_page_in_chromium_sorts_hides_dead_and_shows_crops(model_path, coll
         page.locator("#hide-dead").uncheck()
         page.select_option("#sort", "mean")
         assert page.locator(".channel").evaluate_all("(c) => c.map((x) => x.dataset.channel)") == ["0", "1"]
-        assert "fmonnx render" in page.locator(".command").first.text_content()
+        assert "fmonnx render" in page.locator(".command").first.text_content()  # channel 0: not rendered
+        link = page.locator(".channel[data-channel='1'] a.render")
+        assert link.get_attribute("href") == "renders/000_000/index.html"
+        link.click()
+        page.wait_for_url("**/renders/000_000/index.html")
+        assert page.locator("section.layer").count() == 3  # the render's own page
+        page.go_back()
+        page.locator("#layers button[data-layer='relu']").click()
         page.keyboard.press("ArrowDown")
         assert "pool" in page.locator("#layer-title").text_content()
         if os.environ.get("FMONNX_SCAN_SCREENSHOT"):

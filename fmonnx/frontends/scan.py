@@ -247,6 +247,7 @@ def scan(
     checkpoint_every: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     crop_size: int = CROP_SIZE,
+    renders: int = 0,
 ) -> ScanResult:
     """Scan every image of ``data`` with ``model``: per channel statistics and its top-``top`` images.
 
@@ -254,7 +255,9 @@ def scan(
     stages.collection). ``options``: the render choices scan shares (ops, all_spatial, preprocess,
     size for dynamic models, provider, threads). ``engine``: "local" or "ray" (the [ray] extra;
     ``ray_address`` or RAY_ADDRESS, else a local Ray). ``resume``: continue from the checkpoint a
-    killed scan into ``out`` left. ``progress(done, total)`` is called after each batch.
+    killed scan into ``out`` left. ``progress(done, total)`` is called after each batch. ``renders``:
+    full renders (``fmonnx.render``) into OUT/renders/ of that many top-1 images, those that are the
+    top image of the most channels first; the page links each channel to its top image's render.
     Returns a ScanResult (scan.json's dict, the folder; a notebook view).
     """
     options = options or RenderOptions()
@@ -341,12 +344,57 @@ def scan(
         from ..report.scan_page import write_scan_page
 
         record["crop_size"] = crop_size
+        if renders:
+            started_renders = time.perf_counter()
+            record["renders"] = _render_top_images(model_path, options, scanner, collection, state, renders,
+                                                   staging, record["files"], problems)
+            timing["renders"] = time.perf_counter() - started_renders
         record["files"].append(write_scan_page(staging, record))
         record["files"].append(RECORD)
         record["seconds"] = {**timing, "total": time.perf_counter() - started}
         (staging / RECORD).write_text(record_json(record), encoding="utf-8")
     checkpoint.unlink(missing_ok=True)
     return ScanResult(target, record)
+
+
+def _render_top_images(
+    model_path: Path, options: RenderOptions, scanner: Scanner, collection: Collection, state: ScanTally, count: int,
+    staging: Path, files: list[str], problems: list[str],
+) -> dict[str, str]:
+    """Render the ``count`` images that are the top image of the most channels into staging/renders/;
+    returns {image label: its render's index.html, relative to OUT} and lists the files in ``files``."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from .render import render
+
+    votes = Counter()
+    for layer in state.layers:
+        votes.update(int(image) for image in layer.top_image[:, 0] if image != NO_IMAGE)
+    chosen = sorted(votes, key=lambda image: (-votes[image], image))[:count]
+    rendered = {}
+    render_options = RenderOptions(
+        ops=options.ops, all_spatial=options.all_spatial, preprocess=scanner.preset, provider=options.provider,
+        size=scanner.size, input_layout=options.input_layout, threads=options.threads,
+    )
+    with tempfile.TemporaryDirectory(prefix="fmonnx-renders-") as scratch:
+        for index, image_id in enumerate(chosen):
+            ref = collection.images[image_id]
+            source, _, row = ref.label.partition("#")  # file.parquet#row for Parquet images
+            folder = f"renders/{file_stem(index, Path(source).stem + (f'_{row}' if row else ''))}"
+            try:
+                path = Path(ref.path) if ref.path is not None else Path(scratch) / f"{image_id}.png"
+                if ref.path is None:  # an image inside a Parquet file: render reads files
+                    Image.fromarray(read_pixels(ref, 3)).save(path)
+                result = render(model_path, [path], staging / folder, render_options)
+            except FmonnxError as exc:
+                problems.append(f"no full render of {ref.label}: {exc}")
+                continue
+            files.extend(f"{folder}/{name}" for name in [*result.outline["files"], "manifest.json"])
+            if result.index is not None:
+                rendered[ref.label] = f"{folder}/index.html"
+    return rendered
 
 
 def _write_png(path: Path, picture: np.ndarray) -> None:

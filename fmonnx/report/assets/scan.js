@@ -67,10 +67,14 @@
     const best = channel.top[0];
     const body = el("div", {}, crops, stats);
     if (best) {
-      const folder = `renders/${stem(best.image)}`;
-      const command = `fmonnx render ${quote(record.model)} ${quote(best.image)} -o ${quote(folder)}`;
-      body.append(el("div", {}, el("a", { href: `${folder}/index.html`, class: "render" }, "full render of its top image"),
-        " ", el("span", { class: "muted" }, "(made by:)"), " ", el("span", { class: "command" }, command)));
+      const rendered = (record.renders || {})[best.image];
+      if (rendered) {
+        body.append(el("div", {}, el("a", { href: rendered, class: "render" }, "full render of its top image")));
+      } else {
+        const command = `fmonnx render ${quote(record.model)} ${quote(best.image)} -o ${quote("renders/" + stem(best.image))}`;
+        body.append(el("div", {}, el("span", { class: "muted" }, "full render of its top image: "),
+          el("span", { class: "command" }, command)));
+      }
     }
     return el("div", { class: "channel" + (channel.dead ? " dead" : ""), "data-channel": channel.channel }, label, body);
   }
