@@ -401,6 +401,10 @@ class _ScanProgress(_Progress):
         rate = (done - self.first) / max(time.perf_counter() - self.started, 1e-9)
         self.bar.update(done - self.bar.pos, f"{rate:.1f} images/s")
 
+    def close(self) -> None:
+        super().close()
+        self.bar = None  # closed once, also when an interruption closed it first
+
 
 @cli.command(name="scan")
 @click.argument("model", type=click.Path())
@@ -451,6 +455,14 @@ def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, prov
             model, list(data), out, top, options, batch=batch, engine=engine, ray_address=ray_address,
             resume=resume, checkpoint_every=checkpoint_every, progress=progress, renders=renders,
         )
+    except KeyboardInterrupt:
+        from .frontends.scan import checkpoint_path
+
+        progress.close()
+        kept = checkpoint_path(out).exists()
+        click.echo("Interrupted; " + ("the images up to the last checkpoint are kept: run the same command with "
+                                      "--resume to continue." if kept else "nothing was written."), err=True)
+        sys.exit(130)
     finally:
         progress.close()
     record = result.record

@@ -165,6 +165,23 @@ def test_a_field_covering_the_image_shows_the_map_over_the_image(tmp_path):
     assert cell[6:14, 10:22, 0].mean() > 4 * cell[40:60, 40:60, 0].mean()  # bright over the square only
 
 
+def test_crops_sheet_puts_each_cell_where_its_grid_says():
+    from fmonnx.stages.crops import sheet
+
+    channels, k, size = 37, 3, 8
+    thumbnails = np.zeros((channels, k, size, size, 3), np.uint8)
+    for channel in range(channels):
+        for rank in range(k):
+            thumbnails[channel, rank] = (channel, rank, 200)
+    picture, grid = sheet(thumbnails)
+    assert grid["rows"] < channels and picture.shape[0] < 2 * picture.shape[1]  # wrapped, near square
+    for channel in range(channels):
+        for rank in range(k):
+            left = grid["padding"] + (channel // grid["rows"]) * grid["group_step"] + rank * grid["step"]
+            top = grid["padding"] + (channel % grid["rows"]) * grid["step"]
+            assert (picture[top : top + size, left : left + size] == (channel, rank, 200)).all()
+
+
 # --- receptive fields, by stride / kernel arithmetic ---------------------------------------------
 
 

@@ -52,6 +52,8 @@ ENGINES = ("local", "ray")
 DEFAULT_TOP = 9
 DEFAULT_CHECKPOINT_EVERY = 1000
 CROP_SIZE = 64  # pixels of each thumbnail in the crops pictures
+SMALL_CROP_SIZE = 32  # when there are more than MANY_CROPS thumbnails (a ResNet-50: 49,344 channels x 9)
+MANY_CROPS = 50_000
 
 
 def checkpoint_path(out: str | os.PathLike) -> Path:
@@ -246,7 +248,7 @@ def scan(
     resume: bool = False,
     checkpoint_every: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    crop_size: int = CROP_SIZE,
+    crop_size: int | None = None,
     renders: int = 0,
 ) -> ScanResult:
     """Scan every image of ``data`` with ``model``: per channel statistics and its top-``top`` images.
@@ -302,6 +304,9 @@ def scan(
         _pass_one_local(scanner, collection, state, progress, save)
     timing["pass1"] = time.perf_counter() - planned
     _save_checkpoint(checkpoint, state, meta)  # pass 2 and writing can fail; the scanned part is kept
+    if crop_size is None:
+        cells = sum(layer.channels for layer in scanner.layers) * top
+        crop_size = CROP_SIZE if cells <= MANY_CROPS else SMALL_CROP_SIZE
     fields_of = receptive_fields(plan.loaded.model, plan.input.name, infer_types(plan.loaded.model))
     fields = [fields_of.get(layer.tensor) for layer in scanner.layers]
     problems = list(plan.notes)
@@ -335,11 +340,14 @@ def scan(
             for index, (named, shape, field, layer) in enumerate(zip(plan.tensors, scanner.layers, fields,
                                                                      state.layers)):
                 picture = f"crops/{file_stem(index, named.name)}.png"
-                _write_png(staging / picture, sheet(thumbnails[index]))
+                drawn, grid = sheet(thumbnails[index])
+                _write_png(staging / picture, drawn)
+                del drawn
                 record["files"].append(picture)
                 as_map = covers_most(field, scanner.size)
                 record["layers"].append(_layer_record(index, named, shape, field, layer, collection, boxes, as_map,
                                                       picture, state.scanned))
+                record["layers"][-1]["crops_grid"] = grid
             del thumbnails
         from ..report.scan_page import write_scan_page
 

@@ -90,10 +90,11 @@ class ScanResult:
             path = self.folder / entry["crops"]
             if path.is_file():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
-                cell = record.get("crop_size", 64) + 2
+                grid = entry["crops_grid"]
+                shown = min(_VIEW_CHANNELS, grid["rows"])
                 pictures.append(
-                    f"<p>{html.escape(entry['name'])}: top {record['top']} per channel, channels 0 to "
-                    f"{min(_VIEW_CHANNELS, entry['shape'][0]) - 1}</p><div style=\"height:{cell * _VIEW_CHANNELS}px;"
+                    f"<p>{html.escape(entry['name'])}: top {record['top']} per channel, channels 0 to {shown - 1}</p>"
+                    f"<div style=\"height:{grid['step'] * shown + grid['padding']}px;width:{grid['group_step']}px;"
                     f"overflow:hidden\"><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(entry['name'])}\">"
                     "</div>"
                 )

@@ -6,7 +6,7 @@ scaled from the model's input size back to the image's own size. Where the field
 input (``covers_most``) or is unknown, a crop would be the whole image and say nothing: the channel's
 map, upsampled over the image, is shown instead (``activation_thumbnail``). Thumbnails are square,
 ``size`` pixels, the crop fitted inside on a dark background; a layer's thumbnails tile into one
-picture, a row per channel and a column per rank (``sheet``).
+near-square picture, a row of k per channel (``sheet``).
 """
 
 from __future__ import annotations
@@ -81,15 +81,24 @@ def activation_thumbnail(pixels: np.ndarray, values: np.ndarray, size: int) -> n
     return np.clip(shaded + 0.5, 0, 255).astype(np.uint8)
 
 
-def sheet(thumbnails: np.ndarray) -> np.ndarray:
-    """uint8 RGB picture of (C, k, s, s, 3) thumbnails: channel c on row c, rank r in column r,
-    each cell ``s + PADDING`` pixels apart."""
+def sheet(thumbnails: np.ndarray) -> tuple[np.ndarray, dict]:
+    """uint8 RGB picture of (C, k, s, s, 3) thumbnails, near square, and where each cell is.
+
+    Channels run down ``rows`` rows, then continue in the next group of k columns: channel c, rank r
+    has its top-left corner at x = PADDING + (c // rows) * group_step + r * step,
+    y = PADDING + (c % rows) * step (``step = s + PADDING``; groups are one cell apart).
+    """
     channels, k, size = thumbnails.shape[:3]
     step = size + PADDING
-    picture = np.empty((channels * step + PADDING, k * step + PADDING, 3), np.uint8)
+    groups = max(1, round(math.sqrt(channels / max(k, 1))))
+    rows = -(-channels // groups)
+    groups = -(-channels // rows)
+    group_step = k * step + step // 2
+    picture = np.empty((rows * step + PADDING, groups * group_step - step // 2 + PADDING, 3), np.uint8)
     picture[...] = BACKGROUND
-    for row in range(channels):
-        for column in range(k):
-            top, left = PADDING + row * step, PADDING + column * step
-            picture[top : top + size, left : left + size] = thumbnails[row, column]
-    return picture
+    for channel in range(channels):
+        top = PADDING + (channel % rows) * step
+        left = PADDING + (channel // rows) * group_step
+        for rank in range(k):
+            picture[top : top + size, left + rank * step : left + rank * step + size] = thumbnails[channel, rank]
+    return picture, {"cell": size, "step": step, "rows": rows, "group_step": group_step, "padding": PADDING}

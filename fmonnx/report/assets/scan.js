@@ -31,8 +31,6 @@
   for (const skipped of record.skipped) $("problems").append(el("p", {}, `skipped ${skipped.image}: ${skipped.reason}`));
   for (const problem of record.problems) $("problems").append(el("p", {}, problem));
 
-  const cell = record.crop_size;
-  const step = cell + 2;
   let current = 0;
   const buttons = record.layers.map((layer, index) => {
     const button = el("button", { type: "button", "data-layer": layer.name },
@@ -51,13 +49,17 @@
 
   function channelRow(layer, channel) {
     const crops = el("div", { class: "crops" });
+    const grid = layer.crops_grid;
+    const cell = grid.cell;
+    const left = grid.padding + Math.floor(channel.channel / grid.rows) * grid.group_step;
+    const top = grid.padding + (channel.channel % grid.rows) * grid.step;
     channel.top.forEach((entry, rank) => {
       const box = entry.box ? ` box [${entry.box.join(", ")}]` : "";
       crops.append(el("span", {
         class: "crop",
         title: `#${rank + 1} ${entry.image}: ${num(entry.value)} at y ${entry.y}, x ${entry.x}${box}`,
         style: `width:${cell}px;height:${cell}px;background-image:url(${data.pictures[layer.name]});` +
-          `background-position:-${2 + rank * step}px -${2 + channel.channel * step}px`,
+          `background-position:-${left + rank * grid.step}px -${top}px`,
       }));
     });
     const stats = el("div", { class: "stats" },
