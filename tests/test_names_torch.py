@@ -254,8 +254,10 @@ def test_list_layers_carries_the_flags(tmp_path):
     assert rows["mixed/MaxPool"]["layer_output"] is False
 
 
-def _chain_model(names: list[str], weights: dict[int, str], scopes: list[str] | None = None):
-    """input (1,2,4,4) -> Conv/Relu nodes in ``names`` order (``/conv/Conv`` is a Conv) -> output."""
+def _chain_model(names: list[str], weights: dict[int, str], scopes: list[str] | None = None,
+                 biases: dict[int, str] | None = None):
+    """input (1,2,4,4) -> Conv/Relu nodes in ``names`` order (``/conv/Conv`` is a Conv) -> output;
+    ``weights`` and ``biases`` name the Convs' initializers by node index (default: folded, no bias)."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, initializers, previous = [], [], "input"
@@ -264,7 +266,11 @@ def _chain_model(names: list[str], weights: dict[int, str], scopes: list[str] | 
         if name.endswith("Conv"):
             weight = weights.get(index, f"onnx::Conv_{index}")
             initializers.append(numpy_helper.from_array(np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1), weight))
-            nodes.append(helper.make_node("Conv", [previous, weight], [output], name=name))
+            inputs = [previous, weight]
+            if index in (biases or {}):
+                inputs.append(biases[index])
+                initializers.append(numpy_helper.from_array(np.zeros(2, np.float32), biases[index]))
+            nodes.append(helper.make_node("Conv", inputs, [output], name=name))
         else:
             nodes.append(helper.make_node("Relu", [previous], [output], name=name))
         if scopes:
@@ -293,8 +299,15 @@ def test_torchscript_call_suffix_or_real_module():
     model = _chain_model(["/conv/Conv", "/relu/Relu", "/conv_1/Conv", "/relu_1/Relu"],
                          {0: "conv.weight", 2: "conv_1.weight"})
     assert _names(model) == [("conv", False), ("relu", False), ("conv_1", False), ("relu#2", False)]
-    folded = _chain_model(["/conv/Conv", "/relu/Relu"], {})
+
+
+def test_folded_batchnorm_signal():
+    """A fold computes the Conv's weight and bias; a weight computed alone (weight_norm) is no fold."""
+    folded = _chain_model(["/conv/Conv", "/relu/Relu"], {}, biases={0: "onnx::Conv_7"})
     assert _names(folded) == [("conv", True), ("relu", False)]
+    weight_only = _chain_model(["/conv/Conv", "/relu/Relu"], {}, biases={0: "conv.bias"})
+    assert _names(weight_only) == [("conv", False), ("relu", False)]
+    assert _names(_chain_model(["/conv/Conv", "/relu/Relu"], {})) == [("conv", False), ("relu", False)]
 
 
 def test_dynamo_calls_are_runs_of_one_scope():

@@ -47,9 +47,11 @@ module (the top-level ``forward``'s own ops) keeps its node name. Calls are
 named by ``call_name``: ``layer1.0.relu``, ``layer1.0.relu#2``, ``#3``...
 
 The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it
-and names the result after the Conv. Such a Conv's weight is a folded constant
-named ``onnx::Conv_<n>`` instead of its parameter's name
-(``layer1.0.conv1.weight``): the tensor is marked ``folded_batchnorm``. The
+and names the result after the Conv. Such a Conv's weight and bias are folded
+constants named ``onnx::Conv_<n>`` instead of its parameters' names
+(``layer1.0.conv1.weight``): the tensor is marked ``folded_batchnorm``. (A
+weight computed from parameters, weight_norm, is folded too; a bias computed
+as well would be a false alarm.) The
 dynamo exporter folds too, but names the fused Conv after the BatchNorm.
 """
 
@@ -280,7 +282,10 @@ def _folded_batchnorm(model: onnx.ModelProto, node: onnx.NodeProto, props: dict[
     if dynamo:  # the fused Conv carries the BatchNorm's records (its name too) unless the exporter changes
         target = props.get(_CLASSES_KEY, "")
         return "FuseBatchNormIntoConv" in props.get(_RULES_KEY, "") and "batch_norm" not in target
-    return model.producer_name == "pytorch" and node.input[1].startswith("onnx::")
+    # a fold always gives the Conv a computed bias too; a weight computed alone (weight_norm) keeps its bias's name
+    return model.producer_name == "pytorch" and len(node.input) > 2 and all(
+        name.startswith("onnx::") for name in node.input[1:3]
+    )
 
 
 def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> dict[str, _TorchName]:
@@ -310,7 +315,7 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
     for candidate in candidates:
         node = graph.node[candidate.node_index]
         props = _props(node)
-        folded = _folded_batchnorm(model, node, props, dynamo) and node.input[1] in initializers
+        folded = _folded_batchnorm(model, node, props, dynamo) and all(name in initializers for name in node.input[1:3])
         chain = calls[candidate.node_index]
         if not chain:
             raw = node.name or candidate.tensor
