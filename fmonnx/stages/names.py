@@ -37,22 +37,21 @@ Each node is placed in the module calls it ran in, outermost first:
 
 A tensor takes a module's bare name only when it is that call's output: made
 by a node of the call (sub-modules included) and used outside it, or a graph
-output. (The dynamo exporter's optimizer fuses a BatchNorm into the Conv before
-it and gives the fused node the BatchNorm's scopes; the Conv's weight keeps
-its parameter name, ``layer1.0.conv1.weight``, so the fused node still counts
-as inside the Conv's modules.) When it leaves several nested calls (``bn`` and its child
-``bn.act``), the innermost module names it and the others are kept in
-``also_output_of``. Any other tensor of a call is ``<call>/<Op>``; a node in no
-module (the top-level ``forward``'s own ops) keeps its node name. Calls are
-named by ``call_name``: ``layer1.0.relu``, ``layer1.0.relu#2``, ``#3``...
+output. When it leaves several nested calls (``bn`` and its child ``bn.act``),
+the innermost module names it and the others are kept in ``also_output_of``.
+Any other tensor of a call is ``<call>/<Op>`` (``layer_output`` false); a node
+in no module (the top-level ``forward``'s own ops) keeps its node name. Calls
+are named by ``call_name``: ``layer1.0.relu``, ``layer1.0.relu#2``, ``#3``...
 
-The TorchScript exporter folds an eval-mode BatchNorm into the Conv before it
-and names the result after the Conv. Such a Conv's weight and bias are folded
-constants named ``onnx::Conv_<n>`` instead of its parameters' names
-(``layer1.0.conv1.weight``): the tensor is marked ``folded_batchnorm``. (A
-weight computed from parameters, weight_norm, is folded too; a bias computed
-as well would be a false alarm.) The
-dynamo exporter folds too, but names the fused Conv after the BatchNorm.
+Both exporters fold an eval-mode BatchNorm into the Conv before it. The dynamo
+exporter's optimizer gives the fused Conv the BatchNorm's scopes, so it is
+named after the BatchNorm (its values are the BatchNorm's output); the Conv's
+weight keeps its parameter name (``layer1.0.conv1.weight``), from which the
+fused node still counts as inside the Conv's own modules. The TorchScript
+exporter names the fused Conv after the Conv; its weight and bias become
+constants named ``onnx::Conv_<n>`` instead of the parameters' names, and such a
+tensor is marked ``folded_batchnorm`` (a Conv whose weight and bias were both
+computed from parameters and constant-folded would be a false alarm).
 """
 
 from __future__ import annotations
