@@ -219,6 +219,7 @@ def test_folded_batchnorm(rendered):
     exporter, entry, arrays, _, calls = rendered
     layers = by_name(entry)
     flagged = sorted(name for name, layer in layers.items() if layer.get("folded_batchnorm"))
+    assert any("BatchNorm" in problem for problem in entry["problems"]) == (exporter == "torchscript")
     if exporter == "torchscript":
         assert flagged == ["block.conv1", "preact.conv", "stem.conv"]
         assert same(arrays["block.conv1"], calls["block.bn1"])
