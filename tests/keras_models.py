@@ -137,6 +137,18 @@ def exact_gelu(k):
     return k.Model(x, y, name="exact_gelu")
 
 
+def operator_add(k):
+    """``x + skip`` between layers (RegNet's residuals): tf_keras makes it a TFOpLambda layer whose
+    ``call`` is set on the instance."""
+    L = k.layers
+    x = k.Input((16, 16, 3), name="image")
+    skip = L.Conv2D(4, 1, name="skip")(x)
+    y = L.Conv2D(4, 3, padding="same", name="conv")(x)
+    y = L.ReLU(name="relu")(y + skip)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return k.Model(x, y, name="operator_add")
+
+
 def bn_chain(k):
     """Conv / BatchNormalization / ReLU repeated: a label one layer off shows in the numbers only
     when BatchNormalization is not the identity (see ``build``)."""

@@ -7,6 +7,9 @@
 - The exact GELU uses ``Erfc`` (ConvNeXt), which tf2onnx had no handler for.
 - An op tf2onnx cannot convert is named in one line, not left to the checker;
   a Keras 3 .h5 that Keras 3 cannot read back (MobileNetV3) advises .keras.
+- tf_keras's ``x + y`` layer (TFOpLambda, RegNet) sets its own ``call``,
+  which the layer capture must put back, or Keras's side of the check (and
+  the user's model) loses the addition.
 - With BatchNormalization statistics randomized, every labelled tensor must
   match its own Keras layer and not its neighbour.
 
@@ -23,7 +26,7 @@ import keras_models
 import numpy as np
 import pytest
 
-from fmonnx.sources.keras.convert import METADATA_LAYERS, convert_keras
+from fmonnx.sources.keras.convert import METADATA_LAYERS, convert_keras, convert_keras_model
 
 pytestmark = pytest.mark.keras
 
@@ -136,11 +139,21 @@ def test_names_match_own_layer_with_random_batchnorm(frameworks, tmp_path, flavo
         assert np.max(np.abs(got[after] - want[before])) > 100 * (ATOL + RTOL * scale), (before, after)
 
 
+@pytest.mark.parametrize("flavour", ["keras3.keras", "tf_keras.h5"])
+def test_operator_add_layer_checks_and_still_runs_after_conversion(frameworks, tmp_path, flavour):
+    k, model, result = _convert(frameworks, tmp_path, keras_models.operator_add, flavour)
+    _assert_matches_keras(k, model, result)
+    # Converting an in-memory model leaves it computing what it did (the TFOpLambda keeps its call).
+    x = keras_models.example_input(model)
+    before = np.asarray(model(x, training=False))
+    convert_keras_model(model)
+    np.testing.assert_array_equal(np.asarray(model(x, training=False)), before)
+
+
 def test_op_without_tf2onnx_conversion_is_named(frameworks):
     import tensorflow as tf
 
     from fmonnx.errors import ConversionError
-    from fmonnx.sources.keras.convert import convert_keras_model
 
     k = frameworks["keras3"]
 

@@ -43,6 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LAYOUTS = {"channels_last": "NHWC", "channels_first": "NCHW"}
+_NOT_SET = object()
 
 
 @dataclass(frozen=True)
@@ -135,15 +136,21 @@ def recording(tf: ModuleType, keras: ModuleType, leaf_list: list[Leaf]) -> Itera
     """Wrap the ``call`` of every leaf while the block runs; yield the Recording."""
     default = LAYOUTS.get(keras.backend.image_data_format(), "NHWC")
     rec = Recording(default)
-    wrapped = []
+    # Some layers set ``call`` on the instance themselves (tf_keras's TFOpLambda, which runs the
+    # ``x + y`` of a Functional model): that one is put back, or the layer would fall back to
+    # Layer.call, which returns its first input.
+    wrapped: list[tuple[Any, Any]] = []
     try:
         for leaf in leaf_list:
+            own = vars(leaf.layer).get("call", _NOT_SET)
             leaf.layer.call = _wrap(tf, rec, leaf, leaf.layer.call)
-            wrapped.append(leaf.layer)
+            wrapped.append((leaf.layer, own))
         yield rec
     finally:
-        for layer in wrapped:
-            if "call" in vars(layer):
+        for layer, own in wrapped:
+            if own is not _NOT_SET:
+                layer.call = own
+            elif "call" in vars(layer):
                 del layer.call
 
 
