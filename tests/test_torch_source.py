@@ -388,3 +388,17 @@ def test_failed_check_writes_nothing(models, tmp_path):
     assert "differs from PyTorch: check FAILED" in result.output and "nothing was written" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "plain.onnx").exists()
+
+
+def test_containers_that_return_a_childs_tensor_are_listed_beside_it():
+    """A Sequential inside a Sequential returns its last child's tensor: the child names it, the container is
+    in ``also_output_of`` of the manifest rows (read from the converter's metadata)."""
+    torch = pytest.importorskip("torch")
+    import fmonnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), torch.nn.Conv2d(4, 4, 3))
+    rows = {row["name"]: row for row in fmonnx.list_layers(model.eval())}
+    assert list(rows) == ["0.0", "0.1", "1"]
+    assert rows["0.1"]["also_output_of"] == ["0"]
+    assert "also_output_of" not in rows["0.0"] and "also_output_of" not in rows["1"]

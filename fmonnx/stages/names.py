@@ -352,8 +352,10 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
     """Give every candidate a unique display name and its source layer."""
     by_tensor = {}
     classes = {}
+    recorded_also: dict[str, tuple[str, ...]] = {}  # a converter's outer modules that returned the same tensor
     for record in read_layer_metadata(model):
         by_tensor[record["output"]] = (record["layer"], True)
+        recorded_also[record["output"]] = tuple(str(name) for name in record.get("also_output_of", []))
         for inner in record.get("inner", []):
             by_tensor.setdefault(inner, (record["layer"], False))
         if record.get("class"):
@@ -400,7 +402,9 @@ def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[Na
                 candidate, name, layer, is_output, torch_name.class_name, torch_name.folded, torch_name.also
             ))
         else:
-            result.append(NamedTensor(candidate, name, layer, is_output, classes.get(layer) if is_output else None))
+            source_class = classes.get(layer) if is_output else None
+            also = recorded_also.get(candidate.tensor, ()) if is_output else ()
+            result.append(NamedTensor(candidate, name, layer, is_output, source_class, also_output_of=also))
     return result
 
 

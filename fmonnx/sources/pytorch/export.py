@@ -53,7 +53,11 @@ def _runs_at_another_size(model: onnx.ModelProto, shape: tuple[int, ...]) -> boo
     batch, channels, height, width = shape
     probe = np.zeros((batch, channels, height + 32, width + 64), np.float32)
     try:
-        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        quiet_run = onnxruntime.SessionOptions()
+        quiet_run.log_severity_level = 4  # a failure here is an answer, not an error to print
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), quiet_run, providers=["CPUExecutionProvider"]
+        )
         session.run(None, {session.get_inputs()[0].name: probe})
     except Exception:  # noqa: BLE001 - any failure means: not at this size
         return False

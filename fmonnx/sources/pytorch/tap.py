@@ -30,7 +30,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-__all__ = ["ModuleCall", "tapped", "call_name"]
+from fmonnx.stages.names import call_name
+
+__all__ = ["ModuleCall", "tapped"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +52,6 @@ class ModuleCall:
     class_name: str
     output: int = -1
     also_output_of: list[str] = field(default_factory=list)
-
-
-def call_name(path: str, call: int = 1) -> str:
-    """``layer1.0.relu`` for the first call of a module (``call=1``), ``layer1.0.relu#2`` for the second..."""
-    return path if call == 1 else f"{path}#{call}"
 
 
 _CLASSES: dict = {}
