@@ -5,8 +5,8 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-from conftest import copy_model_nchw
 
+from conftest import copy_model_nchw
 from fmonnx import RenderOptions, activations, list_layers, render
 
 

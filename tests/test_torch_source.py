@@ -397,7 +397,8 @@ def test_containers_that_return_a_childs_tensor_are_listed_beside_it():
     import fmonnx
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), torch.nn.Conv2d(4, 4, 3))
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    model = torch.nn.Sequential(block, torch.nn.Conv2d(4, 4, 3))
     rows = {row["name"]: row for row in fmonnx.list_layers(model.eval())}
     assert list(rows) == ["0.0", "0.1", "1"]
     assert rows["0.1"]["also_output_of"] == ["0"]
