@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # figures appear as they are measured, also into a file
     small, large = (100, 400) if args.quick else (500, 2000)
     model = models.resnet50()
     print(machine())

@@ -434,7 +434,7 @@ def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, prov
     DATA: image files, folders (searched recursively), text files listing paths, or Parquet files
     with a column of image bytes or paths. Pass 1 streams every image once and keeps per-channel
     statistics and the top images; pass 2 cuts each top image's crop from the receptive field.
-    Writes OUT/scan.json, OUT/crops/*.png and OUT/index.html. Unreadable images are skipped and
+    Writes OUT/scan.json, OUT/crops/*.jpg and OUT/index.html. Unreadable images are skipped and
     listed; a killed scan continues with --resume.
     """
     from .frontends.scan import scan as scan_collection

@@ -130,7 +130,8 @@ def test_top_images_positions_and_crops_are_the_squares(model_path, collection, 
     crops = Image.open(result.folder / relu["crops"])
     assert crops.size == (4 * 66 + 2, 2 * 66 + 2)  # k columns, C rows of 64-pixel cells
     first = np.asarray(crops)[2:66, 2:66]
-    assert first[..., 0].max() == spots[ids[0]][2] and first[..., 1].max() == 0  # the red square, enlarged
+    red = first[..., 0].astype(int)  # the red square, enlarged (a JPEG: within a few levels)
+    assert abs(int(np.median(red[red > 30])) - spots[ids[0]][2]) <= 6 and first[..., 1].max() < 24
     on_disk = json.loads((result.folder / "scan.json").read_text())
     assert on_disk["layers"][1]["channels"][0]["top"] == top
     rows = result.table()
@@ -451,7 +452,7 @@ def test_scan_page_in_chromium_sorts_hides_dead_and_shows_crops(model_path, coll
         assert page.locator(".channel").first.locator(".crop").count() == 3
         title = page.locator(".channel").first.locator(".crop").first.get_attribute("title")
         assert title.startswith(f"#1 {folder / '011.png'}")
-        assert "data:image/png;base64," in page.locator(".crop").first.get_attribute("style")
+        assert "data:image/jpeg;base64," in page.locator(".crop").first.get_attribute("style")
         page.locator("#hide-dead").check()
         assert page.locator(".channel").count() == 1
         page.locator("#hide-dead").uncheck()

@@ -12,7 +12,7 @@ An orchestrator over the stages, in two passes (as NetDissect does it):
 2. Pass 2 reopens only the images in some top-k list and cuts each entry's crop from the
    receptive field (``stages.receptive``, ``stages.crops``); one picture per layer.
 
-Then OUT/scan.json, OUT/crops/*.png and OUT/index.html are written through ``staged_output``
+Then OUT/scan.json, OUT/crops/*.jpg and OUT/index.html are written through ``staged_output``
 (nothing half-written) and the checkpoint is removed.
 """
 
@@ -34,7 +34,7 @@ from ..options import RenderOptions, check_choices
 from ..report.scan_result import RECORD, ScanResult, record_json
 from ..sources.inputs import as_model_path
 from ..stages.collection import Collection, list_collection, read_pixels
-from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, image_box, sheet
+from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, fitted_image, image_box, sheet
 from ..stages.expose import exposed_suffix
 from ..stages.plan import ModelPlan, plan_model
 from ..stages.receptive import Field, receptive_fields
@@ -169,16 +169,17 @@ def _pass_two(
             problems.append(f"pass 2: {exc}; its crops are left blank")
             continue
         image_hw = pixels.shape[:2]
-        maps = None
+        maps = base = None
         for index, channel, rank in wanted[image_id]:
             layer = state.layers[index]
             y, x = int(layer.top_y[channel, rank]), int(layer.top_x[channel, rank])
             if as_maps[index]:
                 if maps is None:
                     maps = maps_of(scanner.prepare(read_pixels(ref, scanner.image_channels)))
+                    base = fitted_image(pixels, crop_size)
                 boxes[(index, channel, rank)] = [0, 0, image_hw[1], image_hw[0]]
                 values = maps[scanner.layers[index].tensor][channel]
-                thumbnails[index][channel, rank] = activation_thumbnail(pixels, values, crop_size)
+                thumbnails[index][channel, rank] = activation_thumbnail(base, image_hw, values, crop_size)
             else:
                 box = image_box(fields[index], y, x, input_hw, image_hw)
                 boxes[(index, channel, rank)] = box
@@ -339,9 +340,9 @@ def scan(
             timing["pass2"] = time.perf_counter() - pass_two
             for index, (named, shape, field, layer) in enumerate(zip(plan.tensors, scanner.layers, fields,
                                                                      state.layers)):
-                picture = f"crops/{file_stem(index, named.name)}.png"
+                picture = f"crops/{file_stem(index, named.name)}.jpg"
                 drawn, grid = sheet(thumbnails[index])
-                _write_png(staging / picture, drawn)
+                _write_picture(staging / picture, drawn)
                 del drawn
                 record["files"].append(picture)
                 as_map = covers_most(field, scanner.size)
@@ -405,8 +406,9 @@ def _render_top_images(
     return rendered
 
 
-def _write_png(path: Path, picture: np.ndarray) -> None:
+def _write_picture(path: Path, picture: np.ndarray) -> None:
+    """A crops picture as JPEG: photo crops compress 5x better than as PNG (a ResNet-50's 444,096 crops)."""
     from PIL import Image
 
-    Image.fromarray(picture).save(path, compress_level=1)
+    Image.fromarray(picture).save(path, quality=90, subsampling=0)
 

@@ -149,6 +149,10 @@ def pass_one_ray(
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would bury the bar
     context = ray_data.DataContext.get_current()
     context.enable_progress_bars = False
+    try:  # its memory advice (the actor holds a model) repeats every 30 s over the bar; Ray Data >= 2.50
+        context.issue_detectors_config.detectors = []
+    except AttributeError:
+        pass
     timing = {"ray_start": time.perf_counter() - started}
     try:
         todo = {ref.id for ref in collection.images if not state.done[ref.id]}

@@ -3,7 +3,7 @@
 As the other pages: one file, no network, its CSS and JS from ``assets/`` (``scan.html``,
 ``scan.css``, ``scan.js``), scan.json's figures inlined as a JSON block and each layer's crops
 picture inlined as a ``data:`` URL, so the page works when moved on its own (above INLINE_LIMIT of
-pictures, a large model's, the page refers to ``crops/*.png`` beside it instead: offline still). A layer lists its
+pictures, a large model's, the page refers to ``crops/*.jpg`` beside it instead: offline still). A layer lists its
 channels, each with its top-k crops (cells of the layer's picture) and its statistics; channels can
 be sorted and dead ones hidden, as in the render report. Each channel gives the command that renders
 its top image in full (``fmonnx render``), and links to that render when OUT/renders/ holds it.
@@ -24,7 +24,7 @@ __all__ = ["INDEX", "write_scan_page"]
 log = logging.getLogger(__name__)
 
 INDEX = "index.html"
-INLINE_LIMIT = 24 * 2**20  # bytes of crops pictures inlined; above it the page links crops/*.png beside it
+INLINE_LIMIT = 24 * 2**20  # bytes of crops pictures inlined; above it the page links crops/*.jpg beside it
 _ASSETS = Path(__file__).parent / "assets"
 
 
@@ -56,7 +56,7 @@ def write_scan_page(root: Path, record: dict) -> str:
             pictures[entry["name"]] = entry["crops"]
             continue
         encoded = base64.b64encode((root / entry["crops"]).read_bytes()).decode("ascii")
-        pictures[entry["name"]] = f"data:image/png;base64,{encoded}"
+        pictures[entry["name"]] = f"data:image/jpeg;base64,{encoded}"
     with open(root / INDEX, "w", encoding="utf-8") as page:
         page.writelines(_pieces(record, pictures))
     return INDEX

@@ -95,8 +95,8 @@ class ScanResult:
                 pictures.append(
                     f"<p>{html.escape(entry['name'])}: top {record['top']} per channel, channels 0 to {shown - 1}</p>"
                     f"<div style=\"height:{grid['step'] * shown + grid['padding']}px;width:{grid['group_step']}px;"
-                    f"overflow:hidden\"><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(entry['name'])}\">"
-                    "</div>"
+                    f"overflow:hidden\"><img src=\"data:image/jpeg;base64,{data}\" "
+                    f"alt=\"{html.escape(entry['name'])}\"></div>"
                 )
         link = f'<p><a href="{html.escape(self.index.as_posix())}" target="_blank">open the page</a></p>' \
             if self.index.is_file() else ""

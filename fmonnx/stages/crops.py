@@ -19,7 +19,10 @@ from PIL import Image
 
 from .receptive import Field, field_box
 
-__all__ = ["image_box", "covers_most", "crop_thumbnail", "activation_thumbnail", "sheet", "PADDING", "BACKGROUND"]
+__all__ = [
+    "image_box", "covers_most", "crop_thumbnail", "fitted_image", "activation_thumbnail", "sheet", "PADDING",
+    "BACKGROUND",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +63,28 @@ def crop_thumbnail(pixels: np.ndarray, box: list[int], size: int) -> np.ndarray:
     return _fit(Image.fromarray(pixels[y0:y1, x0:x1]), size)
 
 
-def activation_thumbnail(pixels: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (size, size, 3): the image dimmed where the channel's map ``values`` (h, w) is low.
+def fitted_image(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the whole image fitted in a square, the base of its ``activation_thumbnail``s."""
+    return _fit(Image.fromarray(pixels), size)
+
+
+def activation_thumbnail(base: np.ndarray, image_hw: tuple[int, int], values: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): ``base`` (``fitted_image`` of an image of ``image_hw``) dimmed where the
+    channel's map ``values`` (h, w) is low.
 
     The map is scaled by its own maximum (negatives as 0), upsampled bilinearly over the image;
     brightness is 0.2 + 0.8 x activation, so the bright regions are what the channel responds to.
     """
-    image = Image.fromarray(pixels)
-    fitted = _fit(image, size).astype(np.float32)
     top = float(np.max(values)) if values.size else 0.0
     weights = np.clip(values.astype(np.float32), 0, None) / max(top, 1e-12)
-    scale = size / max(image.width, image.height)
-    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    scale = size / max(image_hw)
+    width, height = max(1, round(image_hw[1] * scale)), max(1, round(image_hw[0] * scale))
     upsampled = np.asarray(Image.fromarray(weights).resize((width, height), Image.Resampling.BILINEAR))
     mask = np.zeros((size, size), np.float32)
     mask[(size - height) // 2 : (size - height) // 2 + height, (size - width) // 2 : (size - width) // 2 + width] = (
         upsampled
     )
-    shaded = fitted * (0.2 + 0.8 * mask[..., None])
+    shaded = base.astype(np.float32) * (0.2 + 0.8 * mask[..., None])
     return np.clip(shaded + 0.5, 0, 255).astype(np.uint8)
 
 
