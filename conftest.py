@@ -4,7 +4,7 @@ Each fenced block is one test, run in a fresh folder that holds the README's pla
 files made from the shipped models: ``model.onnx`` (the demo's tutorial CNN), ``model_int8.onnx``
 (its int8 QDQ version, when a block names it), ``photo.jpg``
 (the demo photo), ``photos/`` (two images), and, when a block names them, ``cnn.h5`` /
-``cnn.keras`` (a small seeded Keras CNN, with the keras extra) and ``cnn.pt2`` (a small
+``cnn.keras`` (a small seeded Keras CNN, with the keras extra) and ``net.pt2`` (a small
 ``torch.export`` file, with the torch extra). ``bash`` blocks run line by line in bash with
 ``set -e``; install and test-runner lines (pip, apt-get, pytest, ruff) are what ``.ci/run``
 itself runs, so they are not run again. A block marked ``<!-- skip: next -->`` is not run
@@ -93,7 +93,7 @@ def _made_on_demand(source: str, folder: Path, cache: Path) -> None:
                 check=True, capture_output=True, timeout=600,
             )
         shutil.copy(cache / "model_int8.onnx", folder / "model_int8.onnx")
-    wanted = {name for name in ("cnn.h5", "cnn.keras", "cnn.pt2") if name in source}
+    wanted = {name for name in ("cnn.h5", "cnn.keras", "net.pt2") if name in source}
     for name in sorted(wanted):
         if not (cache / name).exists():
             module = "torch" if name.endswith(".pt2") else "keras"
