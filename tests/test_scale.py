@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_model, save
 from onnx import TensorProto, helper
 from PIL import Image
 
+from conftest import make_model, save
 from fmonnx import RenderOptions, activations, render
 from fmonnx.cli import cli
 from fmonnx.errors import FmonnxError
@@ -392,3 +392,19 @@ def test_a_manifest_in_another_layout_is_still_recognised(residual_path, red_ima
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     with pytest.raises(FmonnxError, match="did not write"):
         render(residual_path, [red_image], out, RenderOptions(report=False))
+
+
+def test_a_piece_that_gives_nothing_is_not_run():
+    """A piece with nothing to show or hand on is skipped: onnxruntime refuses a run with no outputs
+    (EfficientNetB7 in passes failed so)."""
+    from fmonnx.stages.passes import Piece, run_pieces
+
+    nothing = Piece(0, 1, (), ("x",), (), 0)
+    opened = []
+
+    def open_session(model):
+        opened.append(model)
+        raise AssertionError("a piece that gives nothing was opened")
+
+    assert list(run_pieces(["only"], [nothing], {"x": np.zeros(1, np.float32)}, open_session)) == []
+    assert opened == []

@@ -306,11 +306,13 @@ def run_pieces(
     held = dict(feed)
     later_reads = [set().union(*(set(p.inputs) for p in pieces[index + 1 :])) for index in range(len(pieces))]
     for index, piece in enumerate(pieces):
+        names = list(dict.fromkeys([*piece.tensors, *piece.handoff]))
+        if not names:  # nothing shown or read later (a branch only a later cut needed): onnxruntime refuses no outputs
+            continue
         if before_piece is not None:
             before_piece()
         release_memory()
         session = open_session(models[index])
-        names = list(dict.fromkeys([*piece.tensors, *piece.handoff]))
         outputs = run_session(session, {name: held[name] for name in piece.inputs}, names)
         del session
         for name in piece.handoff:
