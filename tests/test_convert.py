@@ -22,7 +22,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from fmonnx.errors import ModelError, OutputError
-from fmonnx.sources.keras.check import compare, random_inputs
+from fmonnx.sources.check import compare
+from fmonnx.sources.keras.check import random_inputs
 from fmonnx.sources.keras.convert import (
     METADATA_LAYERS,
     METADATA_SOURCE,

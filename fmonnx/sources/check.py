@@ -1,7 +1,6 @@
 """Compare a converted model's tensors with its source framework's, layer by layer.
 
-Shared by the converters (PyTorch now; the Keras converter keeps its own copy
-in keras/check.py until it is switched over). Pure numpy: ``compare`` takes
+Shared by the Keras and PyTorch converters. Pure numpy: ``compare`` takes
 ``{name: array}`` from the framework and from onnxruntime and returns a
 CheckReport. The error of a tensor is measured against the tensor's own scale,
 so that a layer whose activations are in the thousands and one whose

@@ -1,7 +1,6 @@
 """Write a converted ONNX model to disk atomically, refusing to overwrite by accident.
 
-Shared by the converters (PyTorch now; the Keras converter keeps its own copy
-of ``write_model`` in keras/convert.py until it is switched over).
+Shared by the Keras and PyTorch converters.
 """
 
 from __future__ import annotations

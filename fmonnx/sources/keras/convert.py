@@ -43,16 +43,15 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import onnx
 
-from fmonnx.errors import ConversionError, MissingDependencyError, ModelError, OutputError
-from fmonnx.sources.keras.check import CheckFailedError, CheckReport, compare, random_inputs
+from fmonnx.errors import ConversionError, MissingDependencyError, ModelError
+from fmonnx.sources.check import CheckFailedError, CheckReport, compare
+from fmonnx.sources.keras.check import random_inputs
 from fmonnx.sources.keras.file import choose_loader, is_keras_file, lambda_layers, read_keras_file
 from fmonnx.sources.keras.freeze import freeze
 from fmonnx.sources.keras.handlers import CUSTOM_OP_HANDLERS
@@ -68,6 +67,7 @@ from fmonnx.sources.keras.trace import (
     run_eagerly,
     traced_function,
 )
+from fmonnx.sources.write import write_model
 from fmonnx.stages.names import LAYERS_KEY, SOURCE_KEY
 
 __all__ = [
@@ -373,32 +373,3 @@ def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_na
     )
     logger.info("%s", report.summary())
     return report
-
-
-def write_model(model: onnx.ModelProto, out_path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``model`` to ``out_path`` atomically: a temporary file beside it, then a rename.
-
-    Refuses to replace an existing file unless ``force``. Raises OutputError
-    when the path is a folder, its folder is missing, or writing fails; a
-    failed write leaves nothing behind. Returns the path written.
-    """
-    out = Path(out_path)
-    if out.is_dir():
-        raise OutputError(f"{out} is a folder; pass a file path ending in .onnx")
-    if out.exists() and not force:
-        raise OutputError(
-            f"{out} already exists; pass --force (force=True) to overwrite it, or choose another path with -o"
-        )
-    folder = out.parent
-    if not folder.is_dir():
-        raise OutputError(f"folder {folder} does not exist; create it or choose another path with -o")
-    temporary = folder / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            onnx.save_model(model, handle)
-        os.replace(temporary, out)
-    except (OSError, ValueError) as exc:
-        temporary.unlink(missing_ok=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise OutputError(f"cannot write {out} ({reason}); check the folder's permissions and free space") from exc
-    return out
