@@ -10,39 +10,24 @@ Layers are ranked by SQNR; clicking one opens its channels side by side.
 from __future__ import annotations
 
 import base64
-import html
 import logging
-import re
 from pathlib import Path
 
 from .compare_result import record_json
+from .template import page_pieces
 
 __all__ = ["INDEX", "write_compare_page"]
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.html"
-_ASSETS = Path(__file__).parent / "assets"
 
 
 def _pieces(record: dict, pictures: dict[str, str]):
-    template = (_ASSETS / "compare.html").read_text(encoding="utf-8")
     names = f"{Path(record['a']['model']).name} vs {Path(record['b']['model']).name}"
     # record_json writes infinities as 1e999, which JSON.parse reads as Infinity
     data = record_json({"record": record, "pictures": pictures}).replace("\n", "")
-    parts = {
-        "{{TITLE}}": html.escape(f"fmonnx compare: {names}"),
-        "{{STYLE}}": (_ASSETS / "compare.css").read_text(encoding="utf-8"),
-        "{{SCRIPT}}": (_ASSETS / "compare.js").read_text(encoding="utf-8"),
-        # "<" escaped keeps any name (even "</script>") from closing the data block
-        "{{DATA}}": data.replace("<", "\\u003c"),
-    }
-    at = 0
-    for match in re.finditer("|".join(map(re.escape, parts)), template):
-        yield template[at : match.start()]
-        yield parts[match.group(0)]
-        at = match.end()
-    yield template[at:]
+    return page_pieces("compare", f"fmonnx compare: {names}", data)
 
 
 def write_compare_page(root: Path, record: dict) -> str:

@@ -12,12 +12,11 @@ its top image in full (``fmonnx render``), and links to that render when OUT/ren
 from __future__ import annotations
 
 import base64
-import html
 import logging
-import re
 from pathlib import Path
 
 from .scan_result import record_json
+from .template import page_pieces
 
 __all__ = ["INDEX", "write_scan_page"]
 
@@ -25,25 +24,11 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.html"
 INLINE_LIMIT = 24 * 2**20  # bytes of crops pictures inlined; above it the page links crops/*.jpg beside it
-_ASSETS = Path(__file__).parent / "assets"
 
 
 def _pieces(record: dict, pictures: dict[str, str]):
-    template = (_ASSETS / "scan.html").read_text(encoding="utf-8")
     data = record_json({"record": record, "pictures": pictures}).replace("\n", "")
-    parts = {
-        "{{TITLE}}": html.escape(f"fmonnx scan: {Path(record['model']).name}"),
-        "{{STYLE}}": (_ASSETS / "scan.css").read_text(encoding="utf-8"),
-        "{{SCRIPT}}": (_ASSETS / "scan.js").read_text(encoding="utf-8"),
-        # "<" escaped keeps any name (even "</script>") from closing the data block
-        "{{DATA}}": data.replace("<", "\\u003c"),
-    }
-    at = 0
-    for match in re.finditer("|".join(map(re.escape, parts)), template):
-        yield template[at : match.start()]
-        yield parts[match.group(0)]
-        at = match.end()
-    yield template[at:]
+    return page_pieces("scan", f"fmonnx scan: {Path(record['model']).name}", data)
 
 
 def write_scan_page(root: Path, record: dict) -> str:
