@@ -129,17 +129,18 @@ def move_transposes(optimizer, graph):
 
 
 @contextlib.contextmanager
-def linear_time(tf2onnx: ModuleType) -> Iterator[None]:
-    """Install the linear-time replacements on tf2onnx's classes, and its optimizers that free
-    memory (``freeing_optimizers``), while the block runs."""
+def linear_time(tf2onnx: ModuleType, free_copies: bool = False) -> Iterator[None]:
+    """Install the linear-time replacements on tf2onnx's classes while the block runs, and with
+    ``free_copies`` its optimizers that free the graph copies (``freeing_optimizers``)."""
     from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
 
     replacements = [
         (tf2onnx.graph.Graph, "extract_sub_graph_nodes", reachable_nodes),
         (TransposeOptimizer, "pre_optimize_action", fold_constant_reshapes),
         (TransposeOptimizer, "_optimize_at_current_graph_level", move_transposes),
-        (tf2onnx.optimizer, "_optimizers", freeing_optimizers(tf2onnx)),
     ]
+    if free_copies:  # a full collection costs ~0.2 s, 50 times a conversion: only where the copies are large
+        replacements.append((tf2onnx.optimizer, "_optimizers", freeing_optimizers(tf2onnx)))
     originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in replacements]
     try:
         for owner, name, function in replacements:
