@@ -14,13 +14,12 @@ import logging
 from pathlib import Path
 
 from .compare_result import record_json
-from .template import page_pieces
+from .template import INDEX, page_pieces
 
 __all__ = ["INDEX", "write_compare_page"]
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.html"
 
 
 def _pieces(record: dict, pictures: dict[str, str]):

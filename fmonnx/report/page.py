@@ -40,6 +40,7 @@ from ..stages.colormap import DEFAULT_CMAP, lookup_table
 from ..stages.normalize import ChannelStats
 from ..stages.tile import MAX_SIDE, tile
 from ..stages.write import encode_png, json_pieces
+from .template import INDEX
 
 __all__ = [
     "INDEX",
@@ -59,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.html"
 REPORT_DIR = "report"
 PAGE_CMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "gray", "turbo", "coolwarm", "RdBu_r", "jet")
 ENCODING = "uint8 per-channel min-max, grayscale PNG atlas, base64 in a script"

@@ -16,13 +16,12 @@ import logging
 from pathlib import Path
 
 from .scan_result import record_json
-from .template import page_pieces
+from .template import INDEX, page_pieces
 
 __all__ = ["INDEX", "write_scan_page"]
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.html"
 INLINE_LIMIT = 24 * 2**20  # bytes of crops pictures inlined; above it the page links crops/*.jpg beside it
 
 

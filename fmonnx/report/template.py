@@ -10,7 +10,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["page_pieces"]
+__all__ = ["INDEX", "page_pieces"]
+
+INDEX = "index.html"  # every page's file name in its folder
 
 _ASSETS = Path(__file__).parent / "assets"
 

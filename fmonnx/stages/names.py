@@ -87,8 +87,8 @@ _TF_WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall")
 # Layout plumbing a converter adds inside a layer; never the layer's own output.
 _PLUMBING_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"})
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-_FX_KEYS = ("pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
 _CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
+_FX_KEYS = ("pkg.torch.onnx.fx_node", _CLASSES_KEY)
 _RULES_KEY = "pkg.onnxscript.rewriter.rule_name"
 _CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 _CALL_NAME = re.compile(r"^(.+)#(\d+)$")
