@@ -20,7 +20,12 @@ run code stored in the file in these ways:
   and run on every call: a guard ``__import__('os').system(...)`` put into a
   saved file runs when the loaded program runs (tried with torch 2.13).
 
-``read_pt2`` therefore reads the archive into memory once and vets it first:
+``read_pt2`` therefore reads the archive into memory once and vets it first,
+reading every entry through torch's own reader (``torch._C.PyTorchFileReader``,
+the one ``torch.export.load`` uses), after refusing archives on which that
+reader and Python's ``zipfile`` could disagree (repeated names, names equal but
+for case, ``..``, absolute names, entries outside the single top folder).
+It admits
 only raw tensor payloads, example inputs that load with ``weights_only=True``,
 node targets of the form ``torch.ops.<namespace>.<op>[.<overload>]`` (plus
 ``operator``/``math``/``torch.sym_*`` arithmetic), and shape expressions and
@@ -59,6 +64,8 @@ _TORCH_SYM = frozenset({
 })
 _OP_PART = re.compile(r"^(?!__)[A-Za-z_][A-Za-z0-9_]*$")
 _SYMBOL = re.compile(r"^[a-z]+[0-9]+$")
+# Raw tensor payloads as torch.export.save names them (weight_0, tensor_3); anything else is unpickled.
+_PAYLOAD_NAME = re.compile(r"^(weight|tensor)_[0-9]+$")
 # Names a shape expression (sympy srepr, evaluated by sympify) may call.
 _SYMPY_NAMES = frozenset({
     "Symbol", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Mod", "Eq", "Ne", "Lt",
@@ -178,20 +185,58 @@ def _vet_program(path: Path, name: str, program: dict, torch_ops_attributes: fro
             raise _refuse(path, f"has an input guard that is not plain arithmetic on sizes ({str(guard)[:80]!r})")
 
 
-def _vet_payloads(path: Path, archive: zipfile.ZipFile, root: str, name: str, kind: str) -> None:
-    config_name = f"{root}data/{kind}/{name}_{kind}_config.json"
-    if f"{root}data/{kind}/{name}.pt" in archive.namelist():
+def _vet_entry_names(path: Path, infos: list[zipfile.ZipInfo]) -> str:
+    """The archive's single top folder (``model/``), after refusing every name on which Python's ``zipfile``
+    and torch's reader could disagree: repeated names (zipfile keeps the last, torch may take another),
+    names equal but for case (torch looks names up regardless of case), ``..``, ``.``, absolute or
+    backslashed names, and entries outside the one top folder."""
+    seen: dict[str, str] = {}
+    for info in infos:
+        name = info.filename
+        parts = name.split("/")
+        if (name.startswith("/") or "\\" in name or ":" in parts[0] or len(parts) < 2
+                or any(part in ("", ".", "..") for part in parts)):
+            raise _refuse(path, f"has an entry named {name[:80]!r}, which torch and fmonnx's check could read "
+                                "differently")
+        key = name.casefold()
+        if key in seen:
+            same = "twice" if seen[key] == name else f"twice, differing only in case ({seen[key][:80]!r})"
+            raise _refuse(path, f"has the entry {name[:80]!r} {same}, so torch could read another copy than "
+                                "the one checked")
+        seen[key] = name
+    tops = {info.filename.split("/", 1)[0] for info in infos}
+    if len(tops) != 1:
+        raise _refuse(path, f"has entries under several top folders ({', '.join(sorted(tops)[:3])}); "
+                            "a torch.export file keeps everything in one")
+    return tops.pop() + "/"
+
+
+class _TorchArchive:
+    """The archive as torch's own reader (``torch._C.PyTorchFileReader``, which ``torch.export.load`` uses)
+    sees it: the bytes vetted are exactly the bytes torch will load."""
+
+    def __init__(self, torch, data: bytes):
+        self._reader = torch._C.PyTorchFileReader(io.BytesIO(data))
+        self.names = list(self._reader.get_all_records())
+
+    def read(self, name: str) -> bytes:
+        return self._reader.get_record(name)
+
+
+def _vet_payloads(path: Path, archive: _TorchArchive, name: str, kind: str) -> None:
+    config_name = f"data/{kind}/{name}_{kind}_config.json"
+    if f"data/{kind}/{name}.pt" in archive.names:
         raise _refuse(path, f"keeps its {kind} in the legacy pickled format; {SAVE_HINT} with a current torch")
-    if config_name not in archive.namelist():
+    if config_name not in archive.names:
         raise ModelError(f"{path} lacks {config_name}: it is truncated or not a torch.export file; {SAVE_HINT}")
     config = json.loads(archive.read(config_name)).get("config", {})
     for fqn, meta in config.items():
-        if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+        if meta.get("use_pickle") or not _PAYLOAD_NAME.match(str(meta.get("path_name", ""))):
             raise _refuse(path, f"stores {kind[:-1]} {fqn!r} as a pickled Python object")
 
 
-def _vet_sample_inputs(torch, path: Path, archive: zipfile.ZipFile, root: str, name: str) -> None:
-    blob = archive.read(f"{root}data/sample_inputs/{name}.pt")
+def _vet_sample_inputs(torch, path: Path, archive: _TorchArchive, name: str) -> None:
+    blob = archive.read(f"data/sample_inputs/{name}.pt")
     if not blob:
         return
     try:
@@ -200,50 +245,71 @@ def _vet_sample_inputs(torch, path: Path, archive: zipfile.ZipFile, root: str, n
         raise _refuse(path, "has example inputs that are not plain tensors (torch would unpickle them)") from exc
 
 
+def _program_names(path: Path, names: list[str]) -> list[str]:
+    """The model names torch derives from ``models/`` entries: it takes every entry there as a program
+    and cuts five characters (``.json``) off its name, so anything but ``models/<name>.json`` is refused."""
+    programs = [name for name in names if name.startswith("models/")]
+    odd = [name for name in programs if not name.endswith(".json") or "/" in name[len("models/"):]]
+    if odd:
+        raise _refuse(path, f"has {odd[0][:80]!r} among its programs, which is not a program torch writes")
+    return [name[len("models/"): -len(".json")] for name in programs]
+
+
 def read_pt2(torch, path: str | os.PathLike) -> bytes:
-    """The bytes of the .pt2 file ``path``, after vetting them (see the module docstring)."""
+    """The bytes of the .pt2 file ``path``, after vetting them (see the module docstring).
+
+    The entry names are vetted with Python's ``zipfile`` (which lists every entry, repeated ones too)
+    and torch's legacy fallback reader; every entry torch will load is then read and vetted through
+    torch's own reader, the one ``torch.export.load`` uses.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; check the path")
     data = path.read_bytes()
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+        with zipfile.ZipFile(io.BytesIO(data)) as listing:
+            infos = listing.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise ModelError(f"{path} is not a torch.export file (not a zip archive, or a truncated one); {SAVE_HINT}") \
             from None
-    with archive:
-        formats = [n for n in names if n.rsplit("/", 1)[-1] == "archive_format" and n.count("/") <= 1]
-        if not formats:
-            if any(n.endswith("serialized_exported_program.json") for n in names):
-                raise _refuse(path, f"is in the torch<2.6 export format, whose loading unpickles; {SAVE_HINT}")
-            raise ModelError(f"{path} is not a torch.export file (it has no archive_format entry); {SAVE_HINT}")
-        root = formats[0][: -len("archive_format")]
-        try:
-            if archive.read(formats[0]).decode().strip() != "pt2":
-                raise ModelError(f"{path} is a zip archive but not a torch.export file; {SAVE_HINT}")
-            code = [n for n in names if n.startswith(tuple(root + d for d in _CODE_DIRS))]
-            if code:
-                raise _refuse(path, f"holds compiled code ({code[0]}), which loading would run")
-            # torch falls back to the legacy reader (which unpickles) when the pt2 reader fails on a file
-            # that also has a root "version" entry; the only pickles read are the vetted example inputs
-            legacy = [n for n in names if n == "version" or (
-                n.endswith(".pt") and not n.startswith(root + "data/sample_inputs/"))]
-            if legacy:
-                raise _refuse(path, f"holds a pickle or legacy entry ({legacy[0]}) that torch may unpickle")
-            models = [n[len(root + "models/"): -len(".json")] for n in names
-                      if n.startswith(root + "models/") and n.endswith(".json")]
-            if "model" not in models:
-                raise ModelError(f"{path} holds no exported program (models/model.json); {SAVE_HINT}")
-            operator_attributes = frozenset(dir(type(torch.ops)))
-            for name in models:
-                program = json.loads(archive.read(f"{root}models/{name}.json"))
-                _vet_program(path, name, program, operator_attributes)
-                _vet_payloads(path, archive, root, name, "weights")
-                _vet_payloads(path, archive, root, name, "constants")
-                _vet_sample_inputs(torch, path, archive, root, name)
-        except (KeyError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError) as exc:
-            raise ModelError(f"{path} is a damaged torch.export file ({type(exc).__name__}); {SAVE_HINT}") from None
+    names = [info.filename for info in infos]
+    if not any(n.rsplit("/", 1)[-1] == "archive_format" and n.count("/") <= 1 for n in names):
+        if any(n.endswith("serialized_exported_program.json") for n in names):
+            raise _refuse(path, f"is in the torch<2.6 export format, whose loading unpickles; {SAVE_HINT}")
+        raise ModelError(f"{path} is not a torch.export file (it has no archive_format entry); {SAVE_HINT}")
+    # torch falls back to the legacy reader (which unpickles) when the pt2 reader fails on a file
+    # that also has a root "version" entry
+    legacy = [n for n in names if n.casefold() == "version"]
+    if legacy:
+        raise _refuse(path, f"holds a pickle or legacy entry ({legacy[0]}) that torch may unpickle")
+    root = _vet_entry_names(path, infos)
+    try:
+        archive = _TorchArchive(torch, data)
+        if sorted(archive.names) != sorted(n[len(root):] for n in names):
+            raise _refuse(path, "lists other entries to torch's reader than to Python's zipfile")
+        if archive.read("archive_format").decode().strip() != "pt2":
+            raise ModelError(f"{path} is a zip archive but not a torch.export file; {SAVE_HINT}")
+        folded = [n.casefold() for n in archive.names]
+        code = [n for n, key in zip(archive.names, folded) if key.startswith(_CODE_DIRS)]
+        if code:
+            raise _refuse(path, f"holds compiled code ({code[0]}), which loading would run")
+        # the only pickles torch reads from a current archive are the example inputs, vetted below
+        legacy = [n for n, key in zip(archive.names, folded) if key.endswith(".pt")
+                  and not key.startswith("data/sample_inputs/")]
+        if legacy:
+            raise _refuse(path, f"holds a pickle or legacy entry ({legacy[0]}) that torch may unpickle")
+        models = _program_names(path, archive.names)
+        if "model" not in models:
+            raise ModelError(f"{path} holds no exported program (models/model.json); {SAVE_HINT}")
+        operator_attributes = frozenset(dir(type(torch.ops)))
+        for name in models:
+            program = json.loads(archive.read(f"models/{name}.json"))
+            _vet_program(path, name, program, operator_attributes)
+            _vet_payloads(path, archive, name, "weights")
+            _vet_payloads(path, archive, name, "constants")
+            _vet_sample_inputs(torch, path, archive, name)
+    except (KeyError, ValueError, OSError, AttributeError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"{path} is a damaged torch.export file ({type(exc).__name__}); {SAVE_HINT}") from None
     return data
 
 
