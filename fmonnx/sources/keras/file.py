@@ -39,7 +39,7 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 # Layers that run Python code stored in the file when the model is loaded.
-UNSAFE_CLASSES = frozenset({"Lambda"})
+UNSAFE_CLASSES = frozenset({"Lambda", "__lambda__"})
 SAVE_HINT = "in the code that built it, save the whole model with model.save('model.keras')"
 
 
@@ -135,14 +135,24 @@ def _read_h5(path: Path) -> KerasFile:
             f"{path} holds only weights, no model architecture (written by save_weights); "
             f"{SAVE_HINT} (or build the model, load these weights, then save it)"
         )
-    config = _parse_config(path, _text(attrs["model_config"]))
-    return KerasFile(path, "h5", _text(attrs.get("keras_version", "")), config)
+    try:
+        config = _parse_config(path, _text(attrs["model_config"]))
+        return KerasFile(path, "h5", _text(attrs.get("keras_version", "")), config)
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path} has a model config that is not UTF-8 text ({exc}); save the model again") from exc
 
 
 def _read_zip(path: Path) -> KerasFile:
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            listed = archive.namelist()
+            repeated = sorted({name for name in listed if listed.count(name) > 1})
+            if repeated:
+                raise ModelError(
+                    f"{path} holds the entry {repeated[0]!r} twice, so readers could disagree on which copy is "
+                    "the model; save the model again with model.save('model.keras')"
+                )
+            names = set(listed)
             if "config.json" not in names:
                 raise ModelError(
                     f"{path} is a zip without config.json, not a .keras model; "
@@ -150,9 +160,14 @@ def _read_zip(path: Path) -> KerasFile:
                 )
             config_text = archive.read("config.json").decode("utf-8")
             metadata_text = archive.read("metadata.json").decode("utf-8") if "metadata.json" in names else "{}"
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, zipfile.LargeZipFile) as exc:
         raise ModelError(
             f"{path} is a zip but cannot be read, truncated or corrupt ({exc}); save the model again"
+        ) from exc
+    except (NotImplementedError, RuntimeError) as exc:  # a compression method, zip version or encryption
+        raise ModelError(
+            f"{path} is a zip that Python cannot read ({exc}); save the model again with "
+            "model.save('model.keras'), which writes a plain zip"
         ) from exc
     metadata = _parse_config(path, metadata_text)
     return KerasFile(path, "keras", str(metadata.get("keras_version", "")), _parse_config(path, config_text))
@@ -179,24 +194,56 @@ def layer_configs(config: dict) -> Iterator[tuple[str, str]]:
     yield from _walk(config.get("config") or {}, "")
 
 
+# Keys under which a config nests the layers it is made of (models, wrappers such as Bidirectional).
+_LAYER_KEYS = ("layers", "layer", "forward_layer", "backward_layer")
+
+
 def _walk(body: Any, prefix: str) -> Iterator[tuple[str, str]]:
     if not isinstance(body, dict):
         return
-    children = list(body.get("layers") or [])
-    if isinstance(body.get("layer"), dict):
-        children.append(body["layer"])
+    children = body.get("layers")
+    children = list(children) if isinstance(children, list) else []
+    children += [body[key] for key in _LAYER_KEYS[1:] if isinstance(body.get(key), dict)]
     for child in children:
-        if not isinstance(child, dict) or "class_name" not in child:
+        if not isinstance(child, dict) or not isinstance(child.get("class_name"), str):
             continue
-        inner = child.get("config") or {}
+        inner = child.get("config") if isinstance(child.get("config"), dict) else {}
         name = str(inner.get("name") or child.get("name") or child["class_name"])
-        yield prefix + name, str(child["class_name"])
+        yield prefix + name, child["class_name"]
         yield from _walk(inner, prefix + name + "/")
 
 
+def _unsafe_objects(value: Any, prefix: str = "") -> Iterator[str]:
+    """Paths of every object in ``value`` whose loading runs stored code, under whatever key it is nested
+    (a layer list, a wrapper's ``backward_layer``, an initializer, a key Keras adds tomorrow)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _unsafe_objects(item, prefix)
+    elif isinstance(value, dict):
+        class_name = value.get("class_name")
+        inner = value.get("config") if isinstance(value.get("config"), dict) else {}
+        if isinstance(class_name, str):
+            name = str(inner.get("name") or value.get("name") or class_name)
+            if class_name in UNSAFE_CLASSES or value.get("registered_name") in UNSAFE_CLASSES:
+                yield prefix + name
+                return
+            prefix = prefix + name + "/"
+        if value.get("function_type") == "lambda":  # tf_keras marshals a lambda's bytecode into the config
+            yield prefix.rstrip("/") or "function"
+            return
+        for key, child in value.items():
+            if key != "class_name":
+                yield from _unsafe_objects(child, prefix)
+
+
 def lambda_layers(config: dict) -> list[str]:
-    """Paths of the layers whose loading runs Python code stored in the file."""
-    return [path for path, class_name in layer_configs(config) if class_name in UNSAFE_CLASSES]
+    """Paths of the objects whose loading runs Python code stored in the file (Lambda layers, serialized
+    lambdas), found anywhere in the config, not only among the layers."""
+    found = []
+    for key, child in config.items():
+        if key != "class_name":
+            found += [path for path in _unsafe_objects(child) if path not in found]
+    return found
 
 
 def choose_loader(keras_file: KerasFile) -> str:

@@ -102,7 +102,12 @@ def _load(module: ModuleType, name: str, keras_file: KerasFile, unsafe: bool):
         return module.models.load_model(path, compile=False, safe_mode=not unsafe)
     if keras_file.format == "keras":
         return module.models.load_model(path, compile=False, safe_mode=not unsafe)
-    return module.models.load_model(path, compile=False)
+    # tf_keras reads .h5 files without safe mode unless one is set around the call (its Lambda layers
+    # then refuse stored bytecode); the Lambda check has already run, this is the second guard.
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(not unsafe):
+        return module.models.load_model(path, compile=False)
 
 
 def _raise_if_custom(keras_file: KerasFile, module: ModuleType) -> None:
