@@ -359,7 +359,7 @@ def test_page_ranks_layers_and_opens_one_side_by_side(open_page, model_a, faulty
     assert opened.problems == []
 
 
-def test_in_passes_the_figures_are_those_of_one_run(model_a, faulty, photo, tmp_path):
+def test_in_passes_the_figures_are_those_of_one_run(model_a, faulty, photo, tmp_path, unholdable_bounds):
     """A memory bound that forces passes on both sides: pairs are consumed in step as the passes run,
     and the final outputs come from a plain run; the figures do not change."""
     whole = fmonnx.compare(model_a, faulty, [photo], out=tmp_path / "whole")

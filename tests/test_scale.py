@@ -76,7 +76,7 @@ def read_manifest(folder):
 # --- passes ------------------------------------------------------------------------------------------
 
 
-def test_passes_give_the_arrays_of_one_run(residual_path, red_image):
+def test_passes_give_the_arrays_of_one_run(residual_path, red_image, unholdable_bounds):
     options = RenderOptions(preprocess="raw")
     whole = activations(residual_path, red_image, options)
     # a bound below what Python itself takes: every node gets a pass of its own
@@ -86,7 +86,7 @@ def test_passes_give_the_arrays_of_one_run(residual_path, red_image):
         assert np.array_equal(passed[name], values), name
 
 
-def test_passes_are_recorded_and_the_files_match(residual_path, red_image, tmp_path):
+def test_passes_are_recorded_and_the_files_match(residual_path, red_image, tmp_path, unholdable_bounds):
     one = render(residual_path, [red_image], tmp_path / "one", RenderOptions(save_arrays=True, report=False))
     many = render(
         residual_path, [red_image], tmp_path / "many", RenderOptions(save_arrays=True, report=False, max_memory=MIB)
@@ -103,7 +103,7 @@ def test_passes_are_recorded_and_the_files_match(residual_path, red_image, tmp_p
         assert (tmp_path / "many" / b["png"]).read_bytes() == (tmp_path / "one" / a["png"]).read_bytes()
 
 
-def test_compute_activations_in_passes_yields_layers_lazily(residual_path, red_image):
+def test_compute_activations_in_passes_yields_layers_lazily(residual_path, red_image, unholdable_bounds):
     options = RenderOptions(preprocess="raw", max_memory=MIB)
     plan = plan_model(residual_path, options)
     (result,) = compute_activations(plan, [red_image], options)
@@ -112,7 +112,7 @@ def test_compute_activations_in_passes_yields_layers_lazily(residual_path, red_i
     assert [layer.named.name for layer in result.layers][:2] == ["stem.conv", "stem.relu"]
 
 
-def test_cli_says_when_it_used_passes(residual_path, red_image, tmp_path):
+def test_cli_says_when_it_used_passes(residual_path, red_image, tmp_path, unholdable_bounds):
     outcome = CliRunner().invoke(
         cli, ["render", str(residual_path), str(red_image), "-o", str(tmp_path / "out"), "--max-memory", "1M"]
     )

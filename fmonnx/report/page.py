@@ -174,7 +174,7 @@ def _photo(path: str, size: list[int] | None) -> Image.Image | None:
     from ..stages.preprocess import load_image
 
     try:
-        pixels = load_image(path, 3)
+        pixels = load_image(path, 3, tuple(size) if size else None)  # a huge image is decoded reduced
     except FmonnxError as exc:
         log.warning("input picture left out of the report: %s", exc)
         return None

@@ -19,12 +19,13 @@ import numpy as np
 from ..options import RenderOptions
 from .layout import Layout
 from .names import NamedTensor
+from .passes import available_bytes
 from .plan import ModelPlan, plan_model
-from .preprocess import DEFAULT_PRESET, expand_image_paths, load_image, prepare_input
+from .preprocess import DEFAULT_PRESET, expand_image_paths, read_input
 from .run import run_session
 from .runner import Runner
 
-__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "activations"]
+__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "run_images", "image_memory", "activations"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,14 @@ def compute_activations(
     yield from run_images(plan, expand_image_paths(images), options, runner or Runner(plan, options))
 
 
+def image_memory(max_memory: int | None) -> int | None:
+    """The most an image's decoded pixels may take: the bound, else 90% of the memory available."""
+    if max_memory is not None:
+        return max_memory
+    available = available_bytes()
+    return available * 9 // 10 if available is not None else None
+
+
 def run_images(
     plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None,
     extra: tuple[str, ...] = (),
@@ -117,10 +126,12 @@ def run_images(
     names = [named.candidate.tensor for named in plan.tensors]
     channels = plan.input.shape[plan.input_layout.channel_axis]
     channels = channels if isinstance(channels, int) else 3
+    max_bytes = image_memory(options.max_memory)
     for path in paths:
         started = time.perf_counter()
-        pixels = load_image(path, channels)
-        tensor, record = prepare_input(pixels, plan.input, plan.input_layout, preset, options.size, options.max_size)
+        tensor, record = read_input(
+            path, plan.input, plan.input_layout, preset, options.size, options.max_size, channels, max_bytes
+        )
         prepared = time.perf_counter()
         result = ImageActivations(
             Path(path), tensor, record, [], problems=list(plan.notes), seconds={"preprocess": prepared - started}

@@ -252,11 +252,19 @@ def plan_passes(
     return pieces
 
 
-def piece_model(model: onnx.ModelProto, piece: Piece, types: dict[str, TensorType]) -> onnx.ModelProto:
-    """A ModelProto of the piece's nodes: its inputs and outputs typed from ``types``, only the weights it reads."""
+def _piece_reads(model: onnx.ModelProto, piece: Piece) -> set[str]:
+    nodes = model.graph.node[piece.start : piece.stop]
+    return set().union(*(_node_reads(node) for node in nodes)) if nodes else set()
+
+
+def piece_model(
+    model: onnx.ModelProto, piece: Piece, types: dict[str, TensorType], weights: bool = True
+) -> onnx.ModelProto:
+    """A ModelProto of the piece's nodes: its inputs and outputs typed from ``types``, only the weights it
+    reads (none when ``weights`` is False: write_pieces adds them one by one)."""
     graph = model.graph
     nodes = graph.node[piece.start : piece.stop]
-    reads = set().union(*(_node_reads(node) for node in nodes)) if nodes else set()
+    reads = _piece_reads(model, piece)
 
     def value(name: str) -> onnx.ValueInfoProto:
         tensor_type = types.get(name)
@@ -270,7 +278,7 @@ def piece_model(model: onnx.ModelProto, piece: Piece, types: dict[str, TensorTyp
         f"{graph.name}_piece_{piece.start}",
         [value(name) for name in piece.inputs],
         [value(name) for name in outputs],
-        [tensor for tensor in graph.initializer if tensor.name in reads],
+        [tensor for tensor in graph.initializer if tensor.name in reads] if weights else [],
     )
     sub.sparse_initializer.extend(tensor for tensor in graph.sparse_initializer if tensor.values.name in reads)
     result = helper.make_model(sub, opset_imports=list(model.opset_import))
@@ -280,11 +288,25 @@ def piece_model(model: onnx.ModelProto, piece: Piece, types: dict[str, TensorTyp
 
 
 def write_pieces(model: onnx.ModelProto, pieces: list[Piece], types: dict[str, TensorType], folder: Path) -> list[Path]:
-    """Each piece's model as a file in ``folder``: while the pieces run, no weights are held in Python."""
+    """Each piece's model as a file in ``folder``: while the pieces run, no weights are held in Python.
+
+    A piece's file is its model without weights followed by one ModelProto per weight: protobuf
+    merges concatenated messages (repeated fields append), so onnxruntime reads one model, and
+    no more than one weight is copied at a time (a whole piece's weights were, twice: a ResNet-50
+    render under --max-memory peaked while writing its pieces).
+    """
     paths = []
     for index, piece in enumerate(pieces):
         path = folder / f"piece_{index:03d}.onnx"
-        path.write_bytes(piece_model(model, piece, types).SerializeToString())
+        reads = _piece_reads(model, piece)
+        with open(path, "wb") as file:
+            file.write(piece_model(model, piece, types, weights=False).SerializeToString())
+            for tensor in model.graph.initializer:
+                if tensor.name in reads:
+                    part = onnx.ModelProto()
+                    part.graph.initializer.append(tensor)
+                    file.write(part.SerializeToString())
+                    del part
         paths.append(path)
     return paths
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..options import RenderOptions
     from .plan import ModelPlan
 
-__all__ = ["open_session", "Runner"]
+__all__ = ["open_session", "Runner", "one_run_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,24 @@ def open_session(plan: ModelPlan, options: RenderOptions | None = None):
         loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads, append=suffix,
         optimization=options.optimization,
     )
+
+
+def one_run_memory(plan: ModelPlan, shape: tuple[int, ...]) -> int | None:
+    """Bytes one run of the exposed model on an input of ``shape`` holds (fmonnx's footprint, the
+    weights twice while the session opens, every exposed tensor and the intermediates alive with
+    them), or None when shape inference cannot size the tensors."""
+    model = plan.loaded.model
+    types = infer_types(model, {plan.input.name: shape})
+    sizes = {name: size for name, value in types.items() if (size := tensor_bytes(value)) is not None}
+    exposed = [named.candidate.tensor for named in plan.tensors]
+    if any(name not in sizes for name in exposed):
+        return None
+    weight_sizes = {
+        tensor.name: tensor_bytes(TensorType(tensor.data_type, tuple(tensor.dims))) or 0
+        for tensor in model.graph.initializer
+    }
+    single = plan_passes(sketch_graph(model, weight_sizes), exposed, sizes, budget=2**62, weights_held=2)
+    return INTERPRETER_MEMORY + single[0].estimate if single else None
 
 
 class Runner:
@@ -109,14 +127,6 @@ class Runner:
             return None
         model_bytes = self._model_bytes()
         largest = max(sizes[name] for name in exposed)
-        bound = self.options.max_memory or memory_bound(model_bytes, largest)
-        # fmonnx's own footprint is estimated, not read from the process: in a notebook the
-        # process holds the user's data too, and that must not push a small model into passes
-        cap = bound - INTERPRETER_MEMORY
-        available = available_bytes()
-        if available is not None and cap > available * 9 // 10:
-            log.info("memory bound lowered to what the system has available")
-            cap = available * 9 // 10
         weight_sizes = {
             tensor.name: tensor_bytes(TensorType(tensor.data_type, tuple(tensor.dims))) or 0
             for tensor in model.graph.initializer
@@ -126,12 +136,31 @@ class Runner:
         opened = self._session is not None
         # a session holds its weights once, twice while it opens
         single = plan_passes(sketch, exposed, sizes, budget=2**62, weights_held=1 if opened else 2)
-        if not single or single[0].estimate + drawing <= cap:
-            return None
         # each piece's model is a file (see passes.write_pieces); the slack is what the estimate
         # leaves out (convolution scratch, allocator slack: measured on a 2048 x 2048 ResNet-50)
         session = model_bytes if opened else 0
-        budget = cap - session - (64 * MIB + largest // 4)
+        slack = 64 * MIB + largest // 4
+        nodes = plan_passes(sketch, exposed, sizes, budget=0, weights_held=2, drawing=drawing)
+        floor = self._least_bound(model_bytes, session, slack, nodes, single, drawing)
+        bound = self.options.max_memory
+        if bound is None:
+            bound = max(memory_bound(model_bytes, largest), floor)
+        elif bound < floor:
+            raise ImageError(
+                f"--max-memory {bound // MIB}M cannot be held for an input of {list(shape)}: reading the "
+                f"{model_bytes // MIB} MB model and running its largest node take about {floor // MIB} MB even in "
+                f"passes; give --max-memory {floor // MIB}M or more, or feed a smaller image with --size or --max-size"
+            )
+        # fmonnx's own footprint is estimated, not read from the process: in a notebook the
+        # process holds the user's data too, and that must not push a small model into passes
+        cap = bound - INTERPRETER_MEMORY
+        available = available_bytes()
+        if available is not None and cap > available * 9 // 10:
+            log.info("memory bound lowered to what the system has available")
+            cap = available * 9 // 10
+        if not single or single[0].estimate + drawing <= cap:
+            return None
+        budget = cap - session - slack
         pieces = plan_passes(sketch, exposed, sizes, budget, weights_held=2, drawing=drawing)
         worst = max(piece.estimate for piece in pieces) + session
         if available is not None and worst > available:
@@ -144,12 +173,22 @@ class Runner:
             "max_memory": bound,
             "one_run_estimate": INTERPRETER_MEMORY + single[0].estimate + drawing,
             "largest_pass_estimate": INTERPRETER_MEMORY + worst,
+            "least_max_memory": floor,
             "layers_per_pass": [len(piece.tensors) for piece in pieces],
         }
-        if INTERPRETER_MEMORY + worst > bound:
-            record["note"] = "some single nodes need more than the bound: their passes may pass it"
         log.info("input %s in %d passes to stay under %d MB", list(shape), len(pieces), bound // MIB)
         return pieces, types, record
+
+    @staticmethod
+    def _least_bound(model_bytes: int, session: int, slack: int, nodes: list[Piece], single: list[Piece],
+                     drawing: int) -> int:
+        """The least bound that can be held, in whole MB: reading the model (its file's bytes and the
+        parsed model at once, in plan_model and again to write the pieces), and running it in one run
+        or, when that needs more, one node per pass (``nodes``), each with fmonnx's own footprint."""
+        floor = INTERPRETER_MEMORY + session + slack + max(piece.estimate for piece in nodes)
+        floor = min(floor, INTERPRETER_MEMORY + single[0].estimate + drawing) if single else floor
+        floor = max(floor, INTERPRETER_MEMORY + 2 * model_bytes)
+        return -(-floor // MIB) * MIB
 
     def _drawing_memory(self, types: dict, largest: int) -> int:
         """Bytes the drawing threads may hold at once: per thread, float temporaries and 3 copies of a picture."""
