@@ -1,9 +1,13 @@
 """An image collection: what DATA names, as a list of images with stable ids, and reading one of them.
 
 DATA is any mix of: an image file; a folder (searched recursively, files with an image suffix); a
-text file (``.txt``, ``.lst``, ``.csv`` of one column) listing one path a line, relative to the
-list's folder, ``#`` comments and blank lines skipped; a Parquet file (``.parquet``) with a column of
-image bytes (binary, or a struct with a ``bytes`` field as Hugging Face datasets write) or of paths.
+text file (``.txt``, ``.lst``, ``.csv``: its first column, or the one a ``path`` header names) listing
+one image file a line, relative to the list's folder, ``#`` comments and blank lines skipped, in UTF-8
+or any UTF with a byte order mark; a Parquet file (``.parquet``) with a column of image bytes (binary,
+or a struct with a ``bytes`` field as Hugging Face datasets write) or of paths (strings, relative to
+the file's folder). What cannot name an image at all (a list that is not text, a line naming a folder,
+a list or Parquet file of nothing, a column of the wrong type) is an ImageError naming the file and
+line or row; a null or empty row is read as an unreadable image, which a scan skips and counts.
 Image ids are positions in that list: folders sorted by path, lists and Parquet rows in their order,
 so the same DATA gives the same ids on every engine and every run (what the top-k's tie break and
 ``--resume`` rely on).
@@ -11,6 +15,8 @@ so the same DATA gives the same ids on every engine and every run (what the top-
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import io
 import logging
@@ -24,7 +30,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ImageError, MissingDependencyError
 from .preprocess import IMAGE_SUFFIXES, _to_8bit, load_image
 
-__all__ = ["ImageRef", "Collection", "list_collection", "read_pixels", "decode_bytes", "LIST_SUFFIXES"]
+__all__ = [
+    "ImageRef", "Collection", "list_collection", "read_pixels", "decode_bytes", "row_bytes", "LIST_SUFFIXES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +70,87 @@ def _folder_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+# a byte order mark names the encoding (UTF-32's before UTF-16's: FF FE 00 00 starts with FF FE)
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _list_text(path: Path) -> str:
+    """The text of a list: UTF-8, or any UTF with a byte order mark (Windows tools write UTF-16 so)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read the list {path} ({exc.strerror or exc}); check its permissions") from None
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].decode(encoding, "replace").count("\n") + 1
+        raise ImageError(
+            f"{path} line {line} is not {encoding.upper().removesuffix('-SIG')} text ({exc.reason}); "
+            "save the list as UTF-8"
+        ) from None
+    if "\0" in text:  # UTF-16 saved without its byte order mark reads as UTF-8 with a NUL every other byte
+        line = text[: text.index("\0")].count("\n") + 1
+        raise ImageError(f"{path} line {line} holds a NUL character (UTF-16 without a byte order mark?); "
+                         "save the list as UTF-8")
+    return text
+
+
+def _list_entries(path: Path, text: str):
+    """(line number, path text) of each entry of a list: ``#`` comments and blank lines skipped; of a
+    CSV the first column, or the one a header names (``path``, ``file``, ...), quoted fields read as CSV does."""
+    if path.suffix.lower() != ".csv":
+        for number, line in enumerate(text.split("\n"), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield number, line
+        return
+    reader = csv.reader(io.StringIO(text, newline=""))
+    column, first = 0, True
+    try:
+        for row in reader:
+            if not any(field.strip() for field in row) or row[0].lstrip().startswith("#"):
+                continue
+            names = [field.strip().lower() for field in row]
+            if first and any(name in _PATH_COLUMNS for name in names):  # a header
+                column = next(index for index, name in enumerate(names) if name in _PATH_COLUMNS)
+                first = False
+                continue
+            first = False
+            value = row[column].strip() if column < len(row) else ""
+            if not value:
+                raise ImageError(f"{path} line {reader.line_num} has no path in column {column + 1}; "
+                                 "fill it in or remove the line")
+            yield reader.line_num, value
+    except csv.Error as exc:
+        raise ImageError(f"{path} line {reader.line_num} is not valid CSV ({exc}); fix the line") from None
+
+
 def _list_file(path: Path) -> list[Path]:
+    """The images a list names, each relative to the list's folder unless absolute."""
     paths = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            entry = Path(line.split(",")[0].strip()) if path.suffix.lower() == ".csv" else Path(line)
-            paths.append(entry if entry.is_absolute() else path.parent / entry)
+    for number, line in _list_entries(path, _list_text(path)):
+        entry = Path(line)
+        entry = entry if entry.is_absolute() else path.parent / entry
+        if entry.is_dir():  # one stat a line; a folder here would be read as one unreadable image
+            raise ImageError(f"{path} line {number} names a folder ({entry}); a list names image files, "
+                             "one a line: list the folder's images, or pass the folder itself as DATA")
+        paths.append(entry)
+    if not paths:
+        raise ImageError(f"{path} lists no images (only blank lines and # comments); write one image path a line")
     return paths
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or string_view(kind)
 
 
 def parquet_column(path: Path) -> tuple[str, str]:
@@ -89,10 +170,15 @@ def parquet_column(path: Path) -> tuple[str, str]:
             return column.name, "bytes"
         if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
             return column.name, "struct"
-    for column in schema:
-        if column.name.lower() in _PATH_COLUMNS and (pa.types.is_string(column.type)
-                                                    or pa.types.is_large_string(column.type)):
+    named = [column for column in schema if column.name.lower() in _PATH_COLUMNS]
+    for column in named:
+        if _is_text(column.type):
             return column.name, "path"
+    if named:
+        raise ImageError(
+            f"{path} column {named[0].name!r} holds {named[0].type}, not image paths; "
+            "store the paths as strings, or the images' bytes in a binary column"
+        )
     names = ", ".join(schema.names)
     raise ImageError(
         f"{path} has no column of image bytes or paths (it has: {names}); "
@@ -101,19 +187,35 @@ def parquet_column(path: Path) -> tuple[str, str]:
 
 
 def _parquet_refs(path: Path, start: int) -> list[ImageRef]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     column, kind = parquet_column(path)
-    if kind == "path":
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
-        refs = []
-        for value in values:
-            entry = Path(value)
-            entry = entry if entry.is_absolute() else path.parent / entry
-            refs.append(ImageRef(start + len(refs), str(entry), path=str(entry)))
-        return refs
-    rows = pq.ParquetFile(path).metadata.num_rows
-    return [ImageRef(start + row, f"{path}#{row}", parquet=(str(path), row, column)) for row in range(rows)]
+    try:
+        if kind == "path":
+            values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+            rows = len(values)
+        else:
+            rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ImageError(f"{path} is not a readable Parquet file ({exc}); check the file") from None
+    if not rows:
+        raise ImageError(f"{path} has no rows; pass a Parquet file holding images")
+    if kind != "path":
+        return [ImageRef(start + row, f"{path}#{row}", parquet=(str(path), row, column)) for row in range(rows)]
+    refs = []
+    for row, value in enumerate(values):
+        if not value or not value.strip():
+            # nothing to read, like a missing file: the row is skipped when read (read_pixels), and counted
+            refs.append(ImageRef(start + row, f"{path}#{row}", parquet=(str(path), row, column)))
+            continue
+        entry = Path(value)
+        entry = entry if entry.is_absolute() else path.parent / entry
+        if entry.is_dir():
+            raise ImageError(f"{path} row {row}, column {column!r}, names a folder ({entry}); "
+                             "name one image file a row")
+        refs.append(ImageRef(start + row, str(entry), path=str(entry)))
+    return refs
 
 
 def list_collection(data: list[str | os.PathLike]) -> Collection:
@@ -195,6 +297,17 @@ def read_parquet_bytes(path: str, rows: list[int], column: str) -> dict[int, byt
     return _groups.rows(path, rows, column)
 
 
+def row_bytes(value, label: str) -> bytes:
+    """The image bytes of a Parquet row's value (a struct's ``bytes`` field already taken out), for both
+    engines; ImageError when it holds none: a null, or an empty path in a column of paths (the only
+    rows of such a column ``_parquet_refs`` sends to be read as bytes)."""
+    if value is None:
+        raise ImageError(f"{label} holds no image bytes (null)")
+    if isinstance(value, str):
+        raise ImageError(f"{label} holds no image path (empty)")
+    return bytes(value)
+
+
 def read_pixels(ref: ImageRef, channels: int = 3, data: bytes | None = None) -> np.ndarray:
     """uint8 (H, W, channels) pixels of ``ref``; ``data``: its bytes when already read (Parquet rows).
     Raises ImageError when the image cannot be read."""
@@ -203,6 +316,4 @@ def read_pixels(ref: ImageRef, channels: int = 3, data: bytes | None = None) -> 
     if data is None:
         file, row, column = ref.parquet
         data = read_parquet_bytes(file, [row], column)[row]
-    if data is None:
-        raise ImageError(f"{ref.label} holds no image bytes (null)")
-    return decode_bytes(data, ref.label, channels)
+    return decode_bytes(row_bytes(data, ref.label), ref.label, channels)
