@@ -6,8 +6,8 @@ used parts are properties (``first_divergence``, ``within_tolerance``,
 (``_repr_html_``): the verdict, the final outputs, the layers ranked by SQNR
 with the worst ones' pictures, and a link to index.html.
 
-Infinite SQNR (identical tensors) is written as ``1e999``: valid JSON that
-Python's json and JavaScript's JSON.parse read back as infinity.
+Infinite SQNR (identical tensors) is written as ``1e999`` (stages.write.json_pieces): valid
+JSON that Python's json and JavaScript's JSON.parse read back as infinity.
 """
 
 from __future__ import annotations
@@ -17,36 +17,19 @@ import html
 import math
 from pathlib import Path
 
-from ..stages.write import json_pieces
+from ..stages.write import json_text
 
 __all__ = ["RECORD", "CompareResult", "record_json", "format_db"]
 
 RECORD = "compare.json"
-_INFINITY = "1e999"
 _VIEW_PICTURES = 3  # layers whose pictures the notebook view shows, worst first
 _VIEW_ROWS = 12
 
 
-def _swap_infinities(value, marker: str):
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return f"{marker}{'-' if value < 0 else '+'}"
-        return value
-    if isinstance(value, dict):
-        return {key: _swap_infinities(item, marker) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_swap_infinities(item, marker) for item in value]
-    return value
-
-
 def record_json(record: dict) -> str:
-    """compare.json's text: indented, infinities as ``1e999``/``-1e999``, NaN as null."""
-    marker = "@fmonnx-infinity@"
-    # json_pieces keeps each list of plain values on one line ("files" too, which staged_output reads)
-    text = "".join(json_pieces(_swap_infinities(record, marker), indent=1))
-    return text.replace(f'"{marker}+"', _INFINITY).replace(f'"{marker}-"', f"-{_INFINITY}") + "\n"
+    """compare.json's text: indented, infinities as ``1e999``/``-1e999``, NaN as null (as every fmonnx JSON file)."""
+    # json_text keeps each list of plain values on one line ("files" too, which staged_output reads)
+    return json_text(record) + "\n"
 
 
 def format_db(value: float) -> str:

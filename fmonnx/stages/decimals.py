@@ -10,7 +10,10 @@ operations on whole arrays (0.035 s, most of it without the GIL).
   ``float(f"{x:.7g}")``.
 - ``json_numbers``: values -> the JSON text of the rounded values as a list,
   character for character what ``json.dumps`` writes for them (Python's
-  shortest repr: ``0.1234568``, ``1.5e-05``, ``2.0``).
+  shortest repr: ``0.1234568``, ``1.5e-05``, ``2.0``); non-finite values as
+  fmonnx's JSON writes them everywhere (``nonfinite_json``): infinity as
+  ``1e999`` (``json`` and a browser's ``JSON.parse`` read it back as
+  infinity), NaN as ``null``.
 
 How: ``|x| = m * 10**(e - 6)`` with ``m`` the 7-digit integer ``rint(|x| *
 10**(6 - e))``. Powers of ten up to 10**22 are exact doubles, so ``m / 10**k``
@@ -27,7 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["DIGITS", "round_significant", "json_numbers", "json_lists"]
+__all__ = ["DIGITS", "INFINITY_JSON", "round_significant", "json_numbers", "json_lists", "nonfinite_json"]
 
 DIGITS = 7  # float32 precision; more digits only make the JSON longer
 _LOW, _HIGH = 10**6, 10**7  # a 7-digit mantissa m: _LOW <= m < _HIGH
@@ -61,6 +64,16 @@ def _decompose(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     exponent += carried
     exact &= DIGITS - 1 - exponent >= -22
     return np.where(exact, mantissa, _LOW).astype(np.int64), exponent, exact
+
+
+INFINITY_JSON = "1e999"  # overflows to infinity when read: valid JSON, unlike json.dumps's Infinity
+
+
+def nonfinite_json(value: float) -> str:
+    """The JSON text of a non-finite float: ``1e999``, ``-1e999`` or ``null`` (NaN)."""
+    if value != value:
+        return "null"
+    return INFINITY_JSON if value > 0 else f"-{INFINITY_JSON}"
 
 
 def _python_rounded(value: float) -> float:
@@ -122,7 +135,7 @@ def json_numbers(values, separator: str = ", ") -> str:
     """``json.dumps([float(f"{x:.7g}") for x in values])``, text identical, without a Python loop.
 
     ``separator`` goes between the numbers (``json.dumps``'s default ``", "``; ``","`` is compact).
-    Raises ValueError for NaN or infinity, as ``json.dumps(..., allow_nan=False)`` does.
+    Infinity is written ``1e999``, NaN ``null`` (``nonfinite_json``).
     """
     return json_lists(values, [np.size(values)], separator)[0]
 
@@ -155,9 +168,8 @@ def json_lists(values, lengths, separator: str = ", ") -> list[str]:
         pieces, at = [], int(offsets[first])
         for position in python[(python >= first) & (python < last)].tolist():
             value = float(flat[position])
-            if not np.isfinite(value):
-                raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
-            pieces += [text[at : int(offsets[position])], json.dumps(_python_rounded(value))]
+            number = json.dumps(_python_rounded(value)) if np.isfinite(value) else nonfinite_json(value)
+            pieces += [text[at : int(offsets[position])], number]
             at = int(offsets[position + 1]) - gap
         pieces.append(text[at : int(offsets[last]) - gap])
         result.append(f"[{''.join(pieces)}]")

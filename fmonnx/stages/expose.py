@@ -65,7 +65,8 @@ def find_candidates(
 
     ``ops`` picks node types (may be empty); ``all_spatial``
     takes every float tensor of rank 4 instead; ``extra_tensors`` are always
-    taken (names a converter recorded). Graph inputs, initializers, Constant
+    taken (names a converter recorded; the plan leaves out those shape inference
+    proves are not 4-D). Graph inputs, initializers, Constant
     outputs, non-float and non-4-D tensors and duplicates are skipped.
     Raises ModelError when nothing is left.
     """

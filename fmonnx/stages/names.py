@@ -3,7 +3,7 @@
 In order of trust:
 
 1. ``metadata_props["fmonnx.layers"]``, written by ``fmonnx convert``: exact
-   layer names per tensor.
+   layer names per tensor (schema and checks: metadata.py).
 2. PyTorch's ``torch.onnx.export`` (see "PyTorch" below).
 3. tf2onnx names nodes ``<model>/<layer>/<op>``: ``model/conv2d/Conv2D`` is
    ``conv2d``, ``model/backbone/conv1/Conv2D`` is ``backbone/conv1``.
@@ -57,7 +57,6 @@ computed from parameters and constant-folded would be a false alarm).
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import re
 from collections import defaultdict
@@ -66,6 +65,7 @@ from dataclasses import dataclass
 import onnx
 
 from .expose import Candidate
+from .metadata import LAYERS_KEY, SOURCE_KEY, LayerRecord, read_layer_metadata
 
 __all__ = [
     "NamedTensor",
@@ -75,14 +75,12 @@ __all__ = [
     "call_name",
     "split_call_name",
     "naming_notes",
-    "LAYERS_KEY",
+    "LAYERS_KEY",  # defined in metadata.py, with their schema; the converters import them from here
     "SOURCE_KEY",
 ]
 
 log = logging.getLogger(__name__)
 
-LAYERS_KEY = "fmonnx.layers"
-SOURCE_KEY = "fmonnx.source"
 _TF_WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall")
 # Layout plumbing a converter adds inside a layer; never the layer's own output.
 _PLUMBING_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"})
@@ -121,19 +119,6 @@ def split_call_name(name: str) -> tuple[str, int]:
     """``call_name`` reversed: ``layer1.0.relu#2`` is ``("layer1.0.relu", 2)``."""
     match = _CALL_NAME.match(name)
     return (match.group(1), int(match.group(2))) if match else (name, 1)
-
-
-def read_layer_metadata(model: onnx.ModelProto) -> list[dict]:
-    """The converter's per-layer records (``[]`` when absent or unreadable)."""
-    for prop in model.metadata_props:
-        if prop.key == LAYERS_KEY:
-            try:
-                records = json.loads(prop.value)
-            except json.JSONDecodeError:
-                log.warning("ignoring unreadable %s metadata", LAYERS_KEY)
-                return []
-            return [r for r in records if isinstance(r, dict) and "layer" in r and "output" in r]
-    return []
 
 
 def _props(node: onnx.NodeProto) -> dict[str, str]:
@@ -348,18 +333,23 @@ def _class_names(props: dict[str, str]) -> list[str]:
     return [name.rsplit(".", 1)[-1] for name in classes[1:]]
 
 
-def name_tensors(model: onnx.ModelProto, candidates: list[Candidate]) -> list[NamedTensor]:
-    """Give every candidate a unique display name and its source layer."""
+def name_tensors(
+    model: onnx.ModelProto, candidates: list[Candidate], records: list[LayerRecord] | None = None
+) -> list[NamedTensor]:
+    """Give every candidate a unique display name and its source layer.
+
+    ``records``: the model's checked ``fmonnx.layers`` (read from ``model`` when None).
+    """
     by_tensor = {}
     classes = {}
     recorded_also: dict[str, tuple[str, ...]] = {}  # a converter's outer modules that returned the same tensor
-    for record in read_layer_metadata(model):
-        by_tensor[record["output"]] = (record["layer"], True)
-        recorded_also[record["output"]] = tuple(str(name) for name in record.get("also_output_of", []))
-        for inner in record.get("inner", []):
-            by_tensor.setdefault(inner, (record["layer"], False))
-        if record.get("class"):
-            classes[record["layer"]] = str(record["class"])
+    for record in read_layer_metadata(model) if records is None else records:
+        by_tensor[record.output] = (record.layer, True)
+        recorded_also[record.output] = record.also_output_of
+        for inner in record.inner:
+            by_tensor.setdefault(inner, (record.layer, False))
+        if record.class_name:
+            classes[record.layer] = record.class_name
     calls = _torch_calls(model)
     torch_named = _name_torch(model, candidates, calls) if calls is not None else {}
     producer = model.producer_name or ""

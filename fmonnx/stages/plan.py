@@ -22,7 +22,8 @@ from ..sources.inputs import conversion_record, onnx_path_for
 from .expose import DEFAULT_OPS, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout
 from .load import LoadedModel, load_model
-from .names import SOURCE_KEY, NamedTensor, name_tensors, naming_notes, read_layer_metadata
+from .metadata import LAYERS_KEY, LayerRecord, read_layer_metadata, read_source_metadata
+from .names import NamedTensor, name_tensors, naming_notes
 from .preprocess import InputSpec
 from .shapes import TensorType, infer_types
 
@@ -47,7 +48,7 @@ class ModelPlan:
     tensors: list[NamedTensor]
     layouts: dict[str, Layout]
     source: dict
-    notes: tuple[str, ...] = ()  # what the names cannot promise, said once per image (names.naming_notes)
+    notes: tuple[str, ...] = ()  # recorded tensors not shown, what the names cannot promise: said once per image
 
     def layout_of(self, tensor: str) -> Layout:
         """The proven layout, else N,C,H,W (the ONNX convention) marked uncertain."""
@@ -85,15 +86,10 @@ def _image_input(loaded: LoadedModel, types: dict[str, TensorType]) -> InputSpec
 
 
 def _source(loaded: LoadedModel) -> dict:
-    import json
-
     model = loaded.model
-    for prop in model.metadata_props:
-        if prop.key == SOURCE_KEY:
-            try:
-                return json.loads(prop.value)
-            except ValueError:
-                break
+    recorded = read_source_metadata(model, loaded.path.name)
+    if recorded is not None:
+        return recorded
     producer = model.producer_name or "unknown"
     framework = {"tf2onnx": "tensorflow", "pytorch": "pytorch", "keras2onnx": "keras", "tflite2onnx": "tflite"}
     return {
@@ -101,6 +97,33 @@ def _source(loaded: LoadedModel) -> dict:
         "producer": producer,
         "producer_version": model.producer_version,
     }
+
+
+def _recorded_tensors(
+    records: list[LayerRecord], types: dict[str, TensorType], label: str, ops_given: bool
+) -> tuple[tuple[str, ...], list[str]]:
+    """The tensors the converter recorded, in layer order (a layer's inner tensors before its output),
+    less those shape inference proves are not 4-D; and a note for each left out.
+
+    Raises ModelError when every recorded tensor is left out and nothing else was asked for (``ops_given``).
+    """
+    kept, notes = [], []
+    for record in records:
+        for name in (*record.inner, record.output):
+            rank = types[name].rank if name in types else None
+            if rank is None or rank == 4:
+                kept.append(name)
+            else:
+                shape = list(types[name].shape)
+                notes.append(f"{record.layer}: {LAYERS_KEY} names the tensor {name!r} of shape {shape}, not 4-D; "
+                             "not shown")
+    if records and not kept and not ops_given:
+        layers = ", ".join(record.layer for record in records[:4]) + (", ..." if len(records) > 4 else "")
+        raise ModelError(
+            f"{label}'s {LAYERS_KEY} metadata records no layer with a 4-D output (it records: {layers}); "
+            "pass --ops or --all-spatial to choose tensors by op"
+        )
+    return tuple(kept), notes
 
 
 def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
@@ -116,10 +139,9 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
             f"the input {spec.name!r} {list(spec.shape)} has {channels} channels on axis "
             f"{input_layout.channel_axis}; images have 1, 3 or 4 (pass --input-layout if the axis is wrong)"
         )
-    records = read_layer_metadata(loaded.model)
-    recorded = tuple(  # in layer order; a layer's inner tensors (its pre-activation Conv) before its output
-        name for record in records for name in (*record.get("inner", []), record["output"])
-    )
+    records = read_layer_metadata(loaded.model, loaded.path.name)
+    given = options.ops is not None or options.all_spatial
+    recorded, skipped = _recorded_tensors(records, types, loaded.path.name, given)
     ops = options.ops if options.ops is not None else (() if recorded else DEFAULT_OPS)
     candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
     if recorded and options.ops is None:
@@ -127,15 +149,15 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         candidates.sort(key=lambda c: order.get(c.tensor, len(order)))
     layouts = channel_axes(loaded.model, types, input_layout)
     for record in records:  # the converter knows each Keras layer output's layout, even past a Reshape
-        axis = {"NCHW": 1, "NHWC": 3}.get(record.get("layout"))
+        axis = {"NCHW": 1, "NHWC": 3}.get(record.layout)
         if axis is not None:
-            layouts[record["output"]] = Layout(axis, True)
-    named = name_tensors(loaded.model, candidates)
+            layouts[record.output] = Layout(axis, True)
+    named = name_tensors(loaded.model, candidates, records)
     source = _source(loaded)
     converted = conversion_record(model_path)
     if converted:
         source = {**source, **converted}
-    notes = tuple(naming_notes(named))
+    notes = (*skipped, *naming_notes(named))
     return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source, notes)
 
 

@@ -123,7 +123,13 @@ class Scanner:
             outputs = self._run(blank)
         self.layers = []
         for named, reduced in zip(plan.tensors, self.reduced):
-            c, h, w = self._chw(outputs[reduced.shape], reduced)
+            shape = outputs[reduced.shape]
+            if shape.size != 4:  # the plan drops what shape inference proves is not 4-D; this was not inferred
+                raise ModelError(
+                    f"{named.name}: the tensor {named.candidate.tensor!r} has shape {shape.tolist()}, not 4-D, and "
+                    "cannot be scanned; choose other tensors with --ops"
+                )
+            c, h, w = self._chw(shape, reduced)
             self.layers.append(LayerShape(named.name, named.candidate.tensor, c, h, w))
 
     @staticmethod

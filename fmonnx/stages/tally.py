@@ -74,9 +74,11 @@ class LayerTally:
     def _combine_moments(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
         total = self.count + count
         safe = np.where(total > 0, total, 1.0)
-        delta = mean - self.mean
-        self.mean = np.where(total > 0, self.mean + delta * count / safe, 0.0)
-        self.m2 = self.m2 + m2 + delta * delta * self.count * count / safe
+        # huge or infinite activations give inf/NaN moments: data for scan.json, not a warning on stderr
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta = mean - self.mean
+            self.mean = np.where(total > 0, self.mean + delta * count / safe, 0.0)
+            self.m2 = self.m2 + m2 + delta * delta * self.count * count / safe
         self.count = total
 
     def _combine_top(self, value: np.ndarray, image: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
