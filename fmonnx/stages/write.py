@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import OutputError
 from .colormap import BACKGROUND, INK, palette
+from .decimals import nonfinite_json
 
 __all__ = [
     "staged_output",
@@ -56,6 +58,7 @@ __all__ = [
     "write_manifest",
     "manifest_json",
     "json_pieces",
+    "json_text",
     "Spill",
     "Spilled",
     "file_stem",
@@ -314,9 +317,23 @@ def _is_flat_list(value) -> bool:
     return isinstance(value, list) and bool(value) and not isinstance(value[0], (dict, list))
 
 
+def _flat_json(values: list, separators) -> str:
+    """A list of plain values as JSON; non-finite floats as ``decimals.nonfinite_json`` writes them."""
+    try:
+        return json.dumps(values, separators=separators, allow_nan=False)
+    except ValueError:  # rare: only then is each value looked at
+        gap = separators[0] if separators else ", "
+        return "[" + gap.join(
+            nonfinite_json(item) if isinstance(item, float) and not math.isfinite(item) else json.dumps(item)
+            for item in values
+        ) + "]"
+
+
 def json_pieces(value, indent: int | None = 1, compact: bool = False):
     """The JSON text of ``value``, in pieces to write one after the other (an iterator of str).
 
+    Every fmonnx JSON file is written here: infinity as ``1e999`` (``json`` and a browser's
+    ``JSON.parse`` read it back as infinity), NaN as ``null`` (decimals.nonfinite_json).
     ``Spilled`` values are read back one at a time, so the whole text is never in memory.
     With ``indent``, the structure is indented and each list of plain values is on one line:
     a ResNet-50's per-channel lists hold 250,000 numbers, one per line they make 300,000
@@ -330,9 +347,12 @@ def json_pieces(value, indent: int | None = 1, compact: bool = False):
         if isinstance(item, Spilled) or (indent is not None and _is_flat_list(item)):
             parts.append(item)
             return f"{marker}{len(parts) - 1}@"
+        if isinstance(item, float) and not math.isfinite(item):
+            parts.append(nonfinite_json(item))  # text, written as it is
+            return f"{marker}{len(parts) - 1}@"
         if isinstance(item, dict):
             return {key: swap(inner) for key, inner in item.items()}
-        if isinstance(item, list):
+        if isinstance(item, list | tuple):
             return [swap(inner) for inner in item]
         return item
 
@@ -360,16 +380,24 @@ def json_pieces(value, indent: int | None = 1, compact: bool = False):
             if isinstance(part, Spilled):
                 # numbers and booleans only: every ", " in it is json.dumps's separator
                 yield part.text().replace(", ", ",") if compact else part.text()
+            elif isinstance(part, str):
+                yield part
             else:
-                yield json.dumps(part, separators=separators, allow_nan=False)
+                yield _flat_json(part, separators)
             at = match.end()
         batch.append(chunk[at:])
     yield "".join(batch)
 
 
+def json_text(value, indent: int | None = 1) -> str:
+    """``value`` as JSON text, the way fmonnx writes every file (``json_pieces``): each list of plain
+    values on one line, infinity as ``1e999``, NaN as ``null``."""
+    return "".join(json_pieces(value, indent=indent))
+
+
 def manifest_json(manifest: dict) -> str:
     """The manifest as JSON: indented structure, each list of plain values on one line (``json_pieces``)."""
-    return "".join(json_pieces(manifest, indent=1))
+    return json_text(manifest)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -401,24 +429,77 @@ def _manifest_files(path: Path) -> tuple[bool, list]:
     return "fmonnx_version" in found, found["files"]
 
 
-def _replaceable(target: Path, record: str = MANIFEST) -> None:
-    """Raise OutputError unless ``target`` may be replaced by a new render (``record``: the
-    JSON file listing an earlier output's ``files``: manifest.json, or compare.json for compare)."""
-    entries = [p for p in target.rglob("*") if p.is_file() or p.is_symlink()]
+def _fmonnx_entries(record: str, files) -> tuple[set[str], set[str]]:
+    """The files and folders (relative POSIX paths) an output whose record lists ``files`` consists of:
+    the listed names and the record, and the folders above them (fmonnx makes no others)."""
+    if not isinstance(files, list):
+        raise TypeError("files is not a list")
+    names = {name for name in files if isinstance(name, str)} | {record}
+    folders = set(names)  # a listed name may be a folder
+    for name in names:
+        folders.update(parent.as_posix() for parent in Path(name).parents)
+    return names, folders
+
+
+def _walk(target: Path) -> tuple[list[tuple[str, str]], str | None]:
+    """Everything under ``target``: (relative POSIX path, "folder" | "file" | "other") with a symlink
+    "other", never followed; and the first folder that could not be listed (its contents unknown), if any.
+    DirEntry's types come with the listing, so a large output costs no stat per file."""
+    found: list[tuple[str, str]] = []
+    pending = [("", target)]
+    while pending:
+        base, folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    relative = f"{base}{entry.name}"
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append((relative, "folder"))
+                        pending.append((f"{relative}/", Path(entry.path)))
+                    else:
+                        found.append((relative, "file" if entry.is_file(follow_symlinks=False) else "other"))
+        except OSError as exc:
+            return found, f"{base.rstrip('/') or 'the folder itself'}, which cannot be listed ({exc.strerror or exc})"
+    return found, None
+
+
+def _foreign_entry(target: Path, record: str = MANIFEST) -> str | None:
+    """The first thing in folder ``target`` that fmonnx did not write, as a path relative to it; None
+    when it is empty or all fmonnx's. Folders count (an empty one too) and so do symlinks, which are
+    never fmonnx's: replacing ``target`` deletes all of it, so everything in it must be accounted for."""
+    entries, unreadable = _walk(target)
+    if unreadable is not None:
+        return unreadable
     if not entries:
-        return
+        return None
+    if (record, "file") not in entries:  # missing, or a link or FIFO, which is neither fmonnx's nor safe to open
+        return next((relative for relative, _ in entries if relative != record), record)
     try:
         ok, files = _manifest_files(target / record)
-        listed = set(files) | {record}
-    except (OSError, ValueError, KeyError, TypeError):
-        ok, listed = False, set()
-    foreign = [p for p in entries if p.relative_to(target).as_posix() not in listed]
-    if not ok or foreign:
-        example = (foreign or entries)[0].relative_to(target)
-        raise OutputError(
-            f"output folder {target} already holds files fmonnx did not write (e.g. {example}); "
-            "choose another folder with -o, or empty it"
-        )
+        names, folders = _fmonnx_entries(record, files)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # no record, or not one fmonnx wrote
+        ok = False
+    if not ok:
+        return next((relative for relative, _ in entries if relative != record), record)
+    for relative, kind in entries:
+        if relative not in (folders if kind == "folder" else names) or kind == "other":
+            return relative
+    return None
+
+
+def _foreign_message(target: Path, example: str) -> str:
+    return (
+        f"output folder {target} already holds files fmonnx did not write (e.g. {example}); "
+        "choose another folder with -o, or empty it"
+    )
+
+
+def _replaceable(target: Path, record: str = MANIFEST) -> None:
+    """Raise OutputError unless ``target`` may be replaced by a new output (``record``: the JSON file
+    listing an earlier output's ``files``: manifest.json, compare.json for compare, scan.json for scan)."""
+    example = _foreign_entry(target, record)
+    if example is not None:
+        raise OutputError(_foreign_message(target, example))
 
 
 def _umask() -> int:
@@ -427,10 +508,26 @@ def _umask() -> int:
     return current
 
 
+def _make_parents(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True)``; the folders it made, deepest first (for ``_remove_made``)."""
+    missing = [parent for parent in [folder, *folder.parents] if not parent.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_made(made: list[Path]) -> None:
+    for folder in made:  # deepest first; rmdir leaves one that something else has put a file in since
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 @contextmanager
 def staged_output(target: str | os.PathLike, record: str = MANIFEST):
     """Yield a staging folder; on success it becomes ``target`` (replacing an earlier fmonnx
-    output there, whose ``record`` lists its files), on error it is removed and ``target`` is as it was."""
+    output there, whose ``record`` lists its files), on error it is removed and ``target`` is as it was
+    (folders made above it are removed too)."""
     target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise OutputError(f"output path {target} is a file; pass a folder with -o")
@@ -438,11 +535,13 @@ def staged_output(target: str | os.PathLike, record: str = MANIFEST):
         _replaceable(target, record)
         if Path.cwd().resolve().is_relative_to(target):
             raise OutputError(f"{target} holds the current folder and cannot be replaced; choose another -o")
+    made: list[Path] = []
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_parents(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fmonnx-", dir=target.parent))
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     except OSError as exc:
+        _remove_made(made)
         raise OutputError(
             f"cannot write to {target.parent} ({exc.strerror or exc}); choose a writable folder with -o"
         ) from None
@@ -453,24 +552,33 @@ def staged_output(target: str | os.PathLike, record: str = MANIFEST):
             raise OutputError(
                 f"cannot write into {target} ({exc.strerror or exc}); check free space and permissions"
             ) from None
-        _swap_into_place(staging, target)
+        _swap_into_place(staging, target, record)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_made(made)
         raise
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an earlier output there is moved aside first and put back on failure."""
+def _swap_into_place(staging: Path, target: Path, record: str = MANIFEST) -> None:
+    """Move ``staging`` to ``target``. An earlier output there is moved aside first and checked again
+    (``record`` lists its files): what a user put into it while fmonnx was writing (a scan takes hours)
+    is never deleted; it is put back, as on any failure."""
     old = None
     try:
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "previous")
+            # checked where no one writes by path any more; before the move a file could still appear
+            example = _foreign_entry(old / "previous", record)
+            if example is not None:
+                os.replace(old / "previous", target)
+                old.rmdir()
+                raise OutputError(_foreign_message(target, example))
         os.replace(staging, target)
     except OSError as exc:
         if old is not None and (old / "previous").exists() and not target.exists():
             os.replace(old / "previous", target)
-        if old is not None:
+        if old is not None and not (old / "previous").exists():  # never delete the earlier output itself
             shutil.rmtree(old, ignore_errors=True)
         raise OutputError(f"cannot move the new output into {target} ({exc.strerror or exc})") from None
     if old is not None:
