@@ -76,3 +76,19 @@ def test_stats_values():
 def test_unknown_method():
     with pytest.raises(ValueError):
         normalize(np.zeros((1, 2, 2), np.float32), "bogus")
+
+
+def test_std_of_huge_values_is_finite_and_silent():
+    # squares of 1e20 overflow float32 (max ~3.4e38); float64 holds them
+    huge = np.array([[1e20, -1e20], [3e20, -2e20]], np.float32)
+    ordinary = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)
+    near_limit = np.array([[3e38, -3e38], [3e38, -3e38]], np.float32)  # centring alone overflows float32
+    values = np.stack([huge, ordinary, near_limit])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning fails the test
+        stats = channel_stats(values)
+        result = normalize(values, stats=stats)
+    expected = values.astype(np.float64).reshape(3, -1).std(axis=1)
+    assert np.isfinite(stats.std).all()
+    np.testing.assert_allclose(stats.std, expected, rtol=1e-6)
+    assert stats.nonfinite == 0 and result.dtype == np.uint8

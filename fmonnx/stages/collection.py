@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, MissingDependencyError
-from .preprocess import IMAGE_SUFFIXES, _to_8bit, load_image
+from .preprocess import IMAGE_SUFFIXES, Target, _decode, _to_8bit, load_image
 
 __all__ = [
     "ImageRef", "Collection", "list_collection", "read_pixels", "decode_bytes", "row_bytes", "LIST_SUFFIXES",
@@ -244,12 +244,14 @@ def list_collection(data: list[str | os.PathLike]) -> Collection:
     return Collection(refs)
 
 
-def decode_bytes(data: bytes, label: str, channels: int = 3) -> np.ndarray:
-    """uint8 (H, W, channels) pixels of an encoded image, converted as ``preprocess.load_image`` does."""
+def decode_bytes(data: bytes, label: str, channels: int = 3, target: Target | None = None) -> np.ndarray:
+    """uint8 (H, W, channels) pixels of an encoded image, converted as ``preprocess.load_image`` does.
+
+    ``target``: the H x W the pixels will be resized to; an image over 4x larger on both sides is
+    decoded reduced, as ``load_image`` does (see ``preprocess``)."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+            image = _decode(opened, label, target, None)
     except Image.DecompressionBombError:
         raise ImageError(f"{label} is too large to decode safely; downscale it first") from None
     except UnidentifiedImageError:
@@ -308,12 +310,16 @@ def row_bytes(value, label: str) -> bytes:
     return bytes(value)
 
 
-def read_pixels(ref: ImageRef, channels: int = 3, data: bytes | None = None) -> np.ndarray:
+def read_pixels(
+    ref: ImageRef, channels: int = 3, data: bytes | None = None, target: Target | None = None
+) -> np.ndarray:
     """uint8 (H, W, channels) pixels of ``ref``; ``data``: its bytes when already read (Parquet rows).
+    ``target``: the H x W they will be resized to (the scanner's input size): an image over 4x larger
+    on both sides is decoded reduced; None decodes in full (crops cut from the original).
     Raises ImageError when the image cannot be read."""
     if ref.path is not None:
-        return load_image(ref.path, channels)
+        return load_image(ref.path, channels, target)
     if data is None:
         file, row, column = ref.parquet
         data = read_parquet_bytes(file, [row], column)[row]
-    return decode_bytes(row_bytes(data, ref.label), ref.label, channels)
+    return decode_bytes(row_bytes(data, ref.label), ref.label, channels, target)

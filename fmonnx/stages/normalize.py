@@ -99,13 +99,22 @@ def _std(flat: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Per-row standard deviation (float64) given the row means.
 
     Squares of the centred values are float32 and summed in float64: within
-    1e-8 of numpy's all-float64 ``std`` at half its time and memory.
+    1e-8 of numpy's all-float64 ``std`` at half its time and memory. A row
+    whose values differ from its mean by more than ~1.8e19 overflows float32
+    when squared (or centred, near float32's limit): only such rows are done
+    again in float64, where the same values are finite.
     """
     if flat.shape[1] == 0:
         return np.full(flat.shape[0], np.nan)
-    squares = np.subtract(flat, mean.astype(np.float32)[:, None])
-    squares *= squares
-    return np.sqrt(squares.sum(axis=1, dtype=np.float64) / flat.shape[1])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught below, by its result
+        squares = np.subtract(flat, mean.astype(np.float32)[:, None])
+        squares *= squares
+        std = np.sqrt(squares.sum(axis=1, dtype=np.float64) / flat.shape[1])
+    overflowed = ~np.isfinite(std)
+    if overflowed.any():
+        centred = np.subtract(flat[overflowed], mean[overflowed][:, None], dtype=np.float64)
+        std[overflowed] = np.sqrt((centred * centred).sum(axis=1) / flat.shape[1])
+    return std
 
 
 def normalize(

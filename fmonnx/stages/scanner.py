@@ -143,8 +143,8 @@ class Scanner:
         return tensor
 
     def load(self, ref: ImageRef, data: bytes | None = None) -> np.ndarray:
-        """The input tensor of one image; ImageError when it cannot be read."""
-        return self.prepare(read_pixels(ref, self.image_channels, data))
+        """The input tensor of one image; ImageError when it cannot be read. A huge image is decoded reduced."""
+        return self.prepare(read_pixels(ref, self.image_channels, data, self.size))
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [name for reduced in self.reduced for name in (*reduced.outputs, reduced.shape)]
