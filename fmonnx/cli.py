@@ -27,7 +27,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FmonnxError as exc:
-            raise click.ClickException(str(exc)) from None
+            # one line, whatever a library's message quoted inside it holds
+            raise click.ClickException(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) \
+                from None
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written.", err=True)
             sys.exit(130)

@@ -135,7 +135,12 @@ def _list_file(path: Path) -> list[Path]:
     for number, line in _list_entries(path, _list_text(path)):
         entry = Path(line)
         entry = entry if entry.is_absolute() else path.parent / entry
-        if entry.is_dir():  # one stat a line; a folder here would be read as one unreadable image
+        try:
+            folder = entry.is_dir()  # one stat a line; a folder here would be read as one unreadable image
+        except OSError as exc:  # a name too long for the file system, say: is_dir lets those through
+            raise ImageError(f"{path} line {number} names a path the system cannot look up ({exc.strerror}); "
+                             "fix the line") from None
+        if folder:
             raise ImageError(f"{path} line {number} names a folder ({entry}); a list names image files, "
                              "one a line: list the folder's images, or pass the folder itself as DATA")
         paths.append(entry)

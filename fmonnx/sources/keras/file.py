@@ -178,6 +178,8 @@ def _parse_config(path: Path, text: str) -> dict:
         config = json.loads(text)
     except ValueError as exc:
         raise ModelError(f"{path} has a model config that is not valid JSON ({exc}); save the model again") from exc
+    except RecursionError:
+        raise ModelError(f"{path} has a model config nested too deep to read; save the model again") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path} has a model config that is not a JSON object; save the model again")
     return config
