@@ -499,10 +499,12 @@ def test_ray_engine_gives_the_local_engines_result(local_ray, model_path, tmp_pa
     # half of the images again as Parquet bytes, one row null: folders and Parquet in one collection
     table = pyarrow.table({"image": [path.read_bytes() for path in paths[:15]] + [None]})
     pq.write_table(table, tmp_path / "more.parquet", row_group_size=4)
-    data = [tmp_path / "images", tmp_path / "more.parquet"]
+    # a list naming one file twice: Ray reads it once, and both ids get its bytes
+    (tmp_path / "again.lst").write_text(f"{paths[0]}\n{paths[1]}\n{paths[0]}\n")
+    data = [tmp_path / "images", tmp_path / "more.parquet", tmp_path / "again.lst"]
     local = fmonnx.scan(model_path, data, tmp_path / "local", top=5, batch=4)
     distributed = fmonnx.scan(model_path, data, tmp_path / "ray", top=5, batch=4, engine="ray")
-    assert local.record["images"] == distributed.record["images"] == 45
+    assert local.record["images"] == distributed.record["images"] == 48
     assert local.record["skipped"] == distributed.record["skipped"] and len(local.record["skipped"]) == 2
     assert local.record["layers"] == distributed.record["layers"]
     assert distributed.record["engine"] == "ray" and "ray_start" in distributed.record["seconds"]

@@ -29,17 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import FmonnxError, OutputError
+from ..errors import FmonnxError, ImageError, OutputError
 from ..options import RenderOptions, check_choices
 from ..report.scan_result import RECORD, ScanResult, record_json
 from ..sources.inputs import as_model_path
 from ..stages.collection import Collection, list_collection, read_pixels
 from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, fitted_image, image_box, sheet
 from ..stages.expose import exposed_suffix
+from ..stages.passes import MIB, available_bytes
 from ..stages.plan import ModelPlan, plan_model
 from ..stages.receptive import Field, receptive_fields
 from ..stages.run import create_session, run_session
-from ..stages.scanner import Scanner
+from ..stages.runner import one_run_memory
+from ..stages.scanner import DEFAULT_BATCH, Scanner, input_size
 from ..stages.shapes import infer_types
 from ..stages.tally import NO_IMAGE, ScanTally
 from ..stages.write import _replaceable, file_stem, staged_output
@@ -63,9 +65,47 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
     return target.parent / f".{target.name}.scan-checkpoint.npz"
 
 
+def _writable_folder(folder: Path) -> None:
+    """OutputError unless the checkpoint and the output can be written in ``folder``: checked before the
+    scan, not after pass 1 (the first checkpoint)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:  # nothing is made here: a failed scan leaves none
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to {folder} ({exc.strerror or exc}); choose a writable folder with -o"
+        ) from None
+
+
+def _check_memory(plan: ModelPlan, options: RenderOptions, batch: int | None) -> None:
+    """ImageError when a batch of images at the scan's size cannot fit the memory there is (as render
+    says it before running), not onnxruntime's failed allocation mid-scan."""
+    size = input_size(plan, options)
+    batch = batch or DEFAULT_BATCH
+    channels = plan.input.shape[plan.input_layout.channel_axis]
+    channels = channels if isinstance(channels, int) else 3
+    shape = (batch, channels, *size) if plan.input_layout.channel_axis == 1 else (batch, *size, channels)
+    needed = one_run_memory(plan, shape)
+    available = available_bytes()
+    if needed is not None and available is not None and needed > available:
+        fix = "lower --batch or --size" if batch > 1 else "feed a smaller --size"
+        raise ImageError(
+            f"scanning batches of {batch} at {size[0]} x {size[1]} needs about {needed // MIB} MB, and "
+            f"{available // MIB} MB are available; {fix}"
+        )
+
+
 def _save_checkpoint(path: Path, state: ScanTally, meta: dict) -> None:
     data = state.to_bytes(meta)
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the checkpoint {path} ({exc.strerror or exc}); choose a writable folder with -o"
+        ) from None
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -189,8 +229,10 @@ def _pass_two(
 
 def _significant(value: float) -> float | None:
     """A float32-derived statistic to 7 significant digits (see tally's docstring); None for no value."""
-    if not np.isfinite(value):
+    if np.isnan(value):
         return None
+    if np.isinf(value):  # data, written as 1e999 like every fmonnx file does
+        return float(value)
     return float(f"{value:.7g}")
 
 
@@ -277,8 +319,10 @@ def scan(
     elif target.exists():
         raise OutputError(f"output path {target} is a file; pass a folder with -o")
     model_path = as_model_path(model)
+    _writable_folder(target.parent)
     plan = plan_model(model_path, options)
     collection = list_collection([data] if isinstance(data, str | os.PathLike) else list(data))
+    _check_memory(plan, options, batch)
     scanner = Scanner(plan, options, batch)
     meta = _fingerprint(Path(plan.loaded.path), collection, top, options, scanner)
     checkpoint = checkpoint_path(target)
@@ -298,9 +342,13 @@ def scan(
     planned = time.perf_counter()
     timing = {"plan": planned - started}
     if engine == "ray":
-        from .scan_ray import pass_one_ray
+        from .scan_ray import ScanStoppedError, pass_one_ray
 
-        timing.update(pass_one_ray(model_path, options, scanner, collection, state, ray_address, progress, save))
+        try:
+            timing.update(pass_one_ray(model_path, options, scanner, collection, state, ray_address, progress, save))
+        except ScanStoppedError:
+            _save_checkpoint(checkpoint, state, meta)  # every delta merged is whole: --resume goes on from here
+            raise
     else:
         _pass_one_local(scanner, collection, state, progress, save)
     timing["pass1"] = time.perf_counter() - planned
