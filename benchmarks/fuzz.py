@@ -350,7 +350,7 @@ def table(summary: dict) -> str:
     for problem in summary["problems"]:
         targets = ", ".join(problem["targets"])
         lines.append(f"{problem['count']:4d} x {problem['outcome']}: {problem['key']}  [{targets}]"
-                     f"  e.g. {problem['examples'][0]['mutation'][:100]!r}")
+                     f"  e.g. {(problem['examples'][0]['mutation'] or '')[:100]!r}")
     return "\n".join(lines)
 
 

@@ -155,7 +155,7 @@ def _structured_model(rng: Random, model) -> str:
         return f"{value.name} dtype = {dtype}"
     if kind == "metadata":
         key = rng.choice([LAYERS_KEY, SOURCE_KEY])
-        outputs = [o for node in graph.node for o in node.output]
+        outputs = [o for node in graph.node for o in node.output] or ["output"]  # an earlier mutation may empty it
         style = rng.choice(["random", "records", "records"])
         if style == "random":
             value = random_json(rng)

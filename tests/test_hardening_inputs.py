@@ -231,3 +231,17 @@ def test_parquet_problems_are_one_error_line(model, images, tmp_path):
     pq.write_table(pyarrow.table({"path": [str(images[0]), str(images[0].parent)]}), folder)
     with pytest.raises(ImageError, match=r"row 1, column 'path', names a folder"):
         list_collection([folder])
+
+
+def test_paths_too_long_for_the_file_system_are_one_error_line(model, images, tmp_path):
+    """A list line or a Parquet row naming a 5,000-character path: the stat fails (not 'missing'), and
+    the line or row is named."""
+    pyarrow = pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    listed = tmp_path / "long.lst"
+    listed.write_text(f"{images[0]}\n{'x' * 5000}\n")
+    assert_error(fmonnx_cli("scan", model, listed, "-o", tmp_path / "a"), f"{listed} line 2", "cannot look up")
+    table = tmp_path / "long.parquet"
+    pq.write_table(pyarrow.table({"path": [str(images[0]), "x" * 5000]}), table)
+    assert_error(fmonnx_cli("scan", model, table, "-o", tmp_path / "b"), "row 1, column 'path'", "cannot look up")

@@ -214,3 +214,22 @@ def test_json_writes_non_finite_numbers_one_way():
     assert json_lists(values, [3, 2]) == ["[1.5, 1e999, -1e999]", "[null, 0.1234568]"]
     record = {"a": [1.5, float("inf"), float("nan")], "b": {"c": -float("inf"), "d": float("nan")}}
     assert json.loads(json_text(record)) == {"a": [1.5, float("inf"), None], "b": {"c": -float("inf"), "d": None}}
+
+
+@pytest.mark.parametrize("command", ["render", "layers", "scan"])
+def test_a_name_that_is_not_utf8_is_one_error_line(command, image, tmp_path):
+    """protobuf hands a string field holding invalid UTF-8 over as bytes; the model is refused where it is read."""
+    model = copy_model_nchw()
+    model.graph.node[0].name = "first-node-of-the-test"
+    data = model.SerializeToString()
+    name = model.graph.node[0].name.encode()
+    assert data.count(name) == 1
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(data.replace(name, b"\x80" + name[1:]))
+    args = {"render": ("render", path, image, "-o", tmp_path / "out"), "layers": ("layers", path),
+            "scan": ("scan", path, image, "-o", tmp_path / "out")}[command]
+    done = fmonnx(*args, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not UTF-8 text" in lines[0] and "node 0" in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()

@@ -129,18 +129,22 @@ def _list_entries(path: Path, text: str):
         raise ImageError(f"{path} line {reader.line_num} is not valid CSV ({exc}); fix the line") from None
 
 
+def _is_folder(entry: Path, where: str) -> bool:
+    """Whether a path a list or a Parquet row names is a folder: one stat; a name the system cannot look
+    up (too long, say, which ``is_dir`` lets through) is an ImageError naming ``where``."""
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        raise ImageError(f"{where} names a path the system cannot look up ({exc.strerror}); fix it") from None
+
+
 def _list_file(path: Path) -> list[Path]:
     """The images a list names, each relative to the list's folder unless absolute."""
     paths = []
     for number, line in _list_entries(path, _list_text(path)):
         entry = Path(line)
         entry = entry if entry.is_absolute() else path.parent / entry
-        try:
-            folder = entry.is_dir()  # one stat a line; a folder here would be read as one unreadable image
-        except OSError as exc:  # a name too long for the file system, say: is_dir lets those through
-            raise ImageError(f"{path} line {number} names a path the system cannot look up ({exc.strerror}); "
-                             "fix the line") from None
-        if folder:
+        if _is_folder(entry, f"{path} line {number}"):  # a folder here would be read as one unreadable image
             raise ImageError(f"{path} line {number} names a folder ({entry}); a list names image files, "
                              "one a line: list the folder's images, or pass the folder itself as DATA")
         paths.append(entry)
@@ -216,7 +220,7 @@ def _parquet_refs(path: Path, start: int) -> list[ImageRef]:
             continue
         entry = Path(value)
         entry = entry if entry.is_absolute() else path.parent / entry
-        if entry.is_dir():
+        if _is_folder(entry, f"{path} row {row}, column {column!r},"):
             raise ImageError(f"{path} row {row}, column {column!r}, names a folder ({entry}); "
                              "name one image file a row")
         refs.append(ImageRef(start + row, str(entry), path=str(entry)))

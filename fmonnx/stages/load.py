@@ -55,6 +55,37 @@ def _all_initializers(graph: onnx.GraphProto):
                     yield from _all_initializers(sub)
 
 
+def _texts(model: onnx.ModelProto):
+    """(where, value) of every name and text fmonnx reads from the model."""
+    graph = model.graph
+    for prop in model.metadata_props:
+        yield "metadata", prop.key
+        yield f"metadata {prop.key!r}", prop.value
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        yield "a tensor name", value.name
+    for index, node in enumerate(graph.node):
+        where = f"node {index}"
+        yield where, node.name
+        yield where, node.op_type
+        yield where, node.domain
+        for name in (*node.input, *node.output):
+            yield where, name
+        for prop in node.metadata_props:
+            yield where, prop.key
+            yield where, prop.value
+
+
+def _check_text(model: onnx.ModelProto, path: Path) -> None:
+    """ModelError for a name that is not UTF-8: protobuf hands such a string field over as bytes, which
+    every later step would trip on."""
+    for where, value in _texts(model):
+        if isinstance(value, bytes):
+            raise ModelError(
+                f"{path} has a name that is not UTF-8 text ({where}: {value[:40]!r}): the file is damaged "
+                "or was not written by an ONNX exporter; re-export it as .onnx"
+            )
+
+
 def load_model(path: str | os.PathLike) -> LoadedModel:
     """Read ``path`` as an ONNX model; external weight files stay on disk."""
     path = Path(path)
@@ -75,6 +106,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise ModelError(
             f"{path} has no graph nodes: it is not an ONNX model or is truncated; re-export it as .onnx"
         )
+    _check_text(model, path)
     external = _external_locations(model)
     missing = [loc for loc in external if not (path.parent / loc).exists()]
     if missing:
