@@ -173,6 +173,8 @@ def _structured_model(rng: Random, model) -> str:
         kept = [p for p in model.metadata_props if p.key != key]
         del model.metadata_props[:]
         model.metadata_props.extend(kept)
+        # protobuf takes no lone surrogates: such a text goes in escaped, still not what the schema wants
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         model.metadata_props.add(key=key, value=text)
         return f"metadata {key} = {text[:80]!r}"
     if kind == "attribute":
@@ -275,11 +277,25 @@ def make_models(rng: Random, case_dir: Path, assets: dict) -> Case:
         data, what = mutate_bytes(rng, data)
     else:
         model = onnx.load_from_string(data)
-        what = _structured_model(rng, model)
+        try:
+            what = _structured_model(rng, model)
+        except IndexError:  # the mutation drawn has nothing to pick from in this model: mutate its bytes
+            data, what = mutate_bytes(rng, data)
+            (case_dir / "model.onnx").write_bytes(data)
+            return _model_case(rng, case_dir, assets, base_name, what)
         if rng.random() < 0.25:
-            what += "; " + _structured_model(rng, model)
+            second = model.__deepcopy__()
+            try:  # the first mutation may have emptied what the second picks from: then it is left out
+                what += "; " + _structured_model(rng, second)
+                model = second
+            except (IndexError, UnicodeError):
+                pass
         data = model.SerializeToString()
     (case_dir / "model.onnx").write_bytes(data)
+    return _model_case(rng, case_dir, assets, base_name, what)
+
+
+def _model_case(rng: Random, case_dir: Path, assets: dict, base_name: str, what: str) -> Case:
     (case_dir / "photo.jpg").write_bytes(Path(assets["small_photo"]).read_bytes())
     command = rng.choice(["layers", "layers", "render", "render", "render", "stats", "scan"])
     argv, out = _model_command(command, "model.onnx", "photo.jpg")

@@ -484,4 +484,9 @@ def scan(model, data, out, top, ops, all_spatial, input_layout, preprocess, prov
 
 
 def main() -> None:
+    import warnings
+
+    # Pillow warns as it reads damaged files (corrupt EXIF, tags past the end); on the terminal the one
+    # Error line, or the picture, says what matters. Library callers keep the warnings.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     cli(prog_name="fmonnx")

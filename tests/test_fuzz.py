@@ -68,6 +68,9 @@ def test_cheap_targets_give_clean_errors(tmp_path):
     """40 cases of ONNX models, images and scan lists (Parquet with pyarrow); no TensorFlow, no torch."""
     summary = fuzz.run(SEED, 40, ["models", "images", "lists"], tmp_path, timeout=60, jobs=2)
     _assert_clean(summary)
+    # nothing of onnxruntime's or Pillow's own above the one line (TensorFlow's start-up lines are why the
+    # heavy targets below do not ask this)
+    assert summary["clean_errors_with_more_lines"] == [], summary["clean_errors_with_more_lines"][:3]
 
 
 @pytest.mark.keras

@@ -245,3 +245,23 @@ def test_paths_too_long_for_the_file_system_are_one_error_line(model, images, tm
     table = tmp_path / "long.parquet"
     pq.write_table(pyarrow.table({"path": [str(images[0]), "x" * 5000]}), table)
     assert_error(fmonnx_cli("scan", model, table, "-o", tmp_path / "b"), "row 1, column 'path'", "cannot look up")
+
+
+# --- what the libraries print on their own ------------------------------------------------------------------
+
+
+def test_onnxruntime_and_pillow_print_nothing_above_the_error_line(images, tmp_path):
+    """onnxruntime logs a failed session to stderr itself, Pillow warns on damaged EXIF: the terminal shows
+    fmonnx's one line only."""
+    model = copy_model_nchw()
+    weights = next(tensor for tensor in model.graph.initializer)
+    del weights.dims[:]
+    weights.dims.append(1)  # the data holds more values than the dims say: onnxruntime refuses the session
+    broken = save(model, tmp_path, "broken.onnx")
+    assert_error(fmonnx_cli("render", broken, images[0], "-o", tmp_path / "a"), "broken.onnx")
+    tiff = tmp_path / "damaged.tif"
+    Image.new("1", (2, 2)).save(tiff)
+    tiff.write_bytes(tiff.read_bytes()[:47])  # its tags cut short: Pillow warns "Corrupt EXIF data", then fails
+    result = fmonnx_cli("render", save(copy_model_nchw(), tmp_path, "m.onnx"), tiff, "-o", tmp_path / "b")
+    assert_error(result, "damaged.tif")
+    assert "Warning" not in result.stderr and "warnings.warn" not in result.stderr, result.stderr

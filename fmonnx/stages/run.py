@@ -75,7 +75,9 @@ def session_options(threads: int | None = None, arena: bool = True, optimization
     if level not in levels:
         raise ModelError(f"unknown graph optimization level {level!r}; choose one of: {', '.join(OPTIMIZATIONS)}")
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime's own warnings go to the log, not the user's terminal
+    # fatal only: fmonnx reports every failure itself, as one line; onnxruntime's own printout of the same
+    # error (and its warnings) would only bury it
+    options.log_severity_level = 4
     options.graph_optimization_level = levels[level]
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = arena  # off for passes: freed tensors go back to the system
