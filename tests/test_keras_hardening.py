@@ -46,6 +46,9 @@ def test_a_wrappers_backward_layer_is_a_layer_and_odd_shapes_do_not_crash():
         "name": "bi", "layer": {"class_name": "LSTM", "config": {"name": "fwd"}},
         "backward_layer": {"class_name": "LSTM", "config": {"name": "bwd"}}}})
     assert list(layer_configs(config)) == [("bi", "Bidirectional"), ("bi/fwd", "LSTM"), ("bi/bwd", "LSTM")]
+    unhashable = _model({"class_name": "Dense", "registered_name": [1, 2], "config": {"name": "fc", "dtype": {
+        "class_name": "DTypePolicy", "registered_name": {"a": 1}}}})
+    assert list(layer_configs(unhashable)) == [("fc", "Dense")] and lambda_layers(unhashable) == []
     for odd in ({"class_name": "Functional", "config": {"layers": 5}},
                 {"class_name": "Functional", "config": {"layers": {"a": 1}}},
                 {"class_name": "Functional", "config": {"layers": [5, "x", {"class_name": 3}]}},

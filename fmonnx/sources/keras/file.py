@@ -226,7 +226,8 @@ def _unsafe_objects(value: Any, prefix: str = "") -> Iterator[str]:
         inner = value.get("config") if isinstance(value.get("config"), dict) else {}
         if isinstance(class_name, str):
             name = str(inner.get("name") or value.get("name") or class_name)
-            if class_name in UNSAFE_CLASSES or value.get("registered_name") in UNSAFE_CLASSES:
+            registered = value.get("registered_name")
+            if class_name in UNSAFE_CLASSES or (isinstance(registered, str) and registered in UNSAFE_CLASSES):
                 yield prefix + name
                 return
             prefix = prefix + name + "/"
