@@ -188,3 +188,18 @@ def test_tf_keras_h5_loads_in_safe_mode_even_past_the_walk(tmp_path):
     model, _, _ = load_keras_model(keras_file, "tf_keras", unsafe=True)  # proof the bytecode is live
     model(__import__("numpy").zeros((1, 8, 8, 3), "float32"))
     assert marker.exists()
+
+
+@pytest.mark.parametrize("version", ["3" * 5000, "3.x; rm -rf", 3.15, ["3"]])
+def test_a_saving_version_that_is_not_a_version_is_one_model_error(tmp_path, version):
+    path = _keras_zip(tmp_path / "model.keras", [("config.json", CONFIG),
+                                                 ("metadata.json", json.dumps({"keras_version": version}).encode())])
+    with pytest.raises(ModelError, match="not a version number"):
+        read_keras_file(path)
+
+
+@pytest.mark.parametrize("version", ["3.15.1", "2.15.0", "3.0.0rc1", "2.13.1+local", ""])
+def test_real_saving_versions_are_read(tmp_path, version):
+    path = _keras_zip(tmp_path / "model.keras", [("config.json", CONFIG),
+                                                 ("metadata.json", json.dumps({"keras_version": version}).encode())])
+    assert read_keras_file(path).keras_version == version

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 # Layers that run Python code stored in the file when the model is loaded.
 UNSAFE_CLASSES = frozenset({"Lambda", "__lambda__"})
+_VERSION = re.compile(r"^[0-9]{1,4}(\.[0-9A-Za-z+-]{1,16}){0,4}$")  # 3.15.1, 2.15.0, 3.0.0rc1, 2.13.1+local
 SAVE_HINT = "in the code that built it, save the whole model with model.save('model.keras')"
 
 
@@ -137,7 +139,7 @@ def _read_h5(path: Path) -> KerasFile:
         )
     try:
         config = _parse_config(path, _text(attrs["model_config"]))
-        return KerasFile(path, "h5", _text(attrs.get("keras_version", "")), config)
+        return KerasFile(path, "h5", _version(path, _text(attrs.get("keras_version", ""))), config)
     except UnicodeDecodeError as exc:
         raise ModelError(f"{path} has a model config that is not UTF-8 text ({exc}); save the model again") from exc
 
@@ -170,7 +172,18 @@ def _read_zip(path: Path) -> KerasFile:
             "model.save('model.keras'), which writes a plain zip"
         ) from exc
     metadata = _parse_config(path, metadata_text)
-    return KerasFile(path, "keras", str(metadata.get("keras_version", "")), _parse_config(path, config_text))
+    version = _version(path, metadata.get("keras_version", ""))
+    return KerasFile(path, "keras", version, _parse_config(path, config_text))
+
+
+def _version(path: Path, value: Any) -> str:
+    """The Keras version a file says saved it, checked: it picks the loader (choose_loader)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _VERSION.match(value):
+        raise ModelError(f"{path} says it was saved by Keras {str(value)[:40]!r}, which is not a version number; "
+                         "save the model again with model.save('model.keras')")
+    return value
 
 
 def _parse_config(path: Path, text: str) -> dict:
