@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from types import ModuleType
 
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError
@@ -26,14 +29,47 @@ IN_MEMORY = "fmonnx.sources.keras.convert.convert_keras_model"
 CONTAINER_CLASSES = frozenset({"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"})
 
 
+@contextmanager
+def native_lines_to_log():
+    """Send what native code writes to the process's stderr (file descriptor 2) to the log for the block.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA drivers, absl's notice) are written before any of its
+    settings apply (TF_CPP_MIN_LOG_LEVEL does not stop them in TF 2.21) and would sit above fmonnx's one
+    line. Python's own errors still propagate as exceptions; the captured text is logged, at warning
+    level when the block fails.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (some notebooks): nothing to keep quiet
+        yield
+        return
+    failed = True
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                logger.log(logging.WARNING if failed else logging.DEBUG, "TensorFlow start-up: %s", text)
+
+
 def import_tensorflow() -> ModuleType:
     """Import TensorFlow, quiet by default, or say how to install it."""
     # TensorFlow's C++ start-up chatter is not the user's business; an explicit setting wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow
+        with native_lines_to_log():
+            import tensorflow
     except ImportError as exc:
         raise MissingDependencyError(f"TensorFlow is not installed; {INSTALL_HINT}") from exc
+    # its Python deprecation notices (tf2onnx calls TF1 APIs) are not the user's business either
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return tensorflow
 
 
@@ -41,12 +77,13 @@ def import_keras(loader: str) -> ModuleType:
     """The Keras module of ``loader``: ``keras`` (Keras 3) or ``tf_keras`` (Keras 2)."""
     import_tensorflow()
     try:
-        if loader == "keras3":
-            import keras as module
-        elif loader == "tf_keras":
-            import tf_keras as module
-        else:
-            raise ValueError(f"unknown loader {loader!r}; expected one of {LOADERS}")
+        with native_lines_to_log():
+            if loader == "keras3":
+                import keras as module
+            elif loader == "tf_keras":
+                import tf_keras as module
+            else:
+                raise ValueError(f"unknown loader {loader!r}; expected one of {LOADERS}")
     except ImportError as exc:
         package = "keras" if loader == "keras3" else "tf-keras"
         raise MissingDependencyError(f"{package} is not installed; {INSTALL_HINT}") from exc
@@ -72,7 +109,8 @@ def load_keras_model(keras_file: KerasFile, loader: str, *, unsafe: bool = False
                 first_error = exc
             continue
         try:
-            model = _load(module, name, keras_file, unsafe)
+            with native_lines_to_log():  # the first device TensorFlow opens logs its CUDA probe here
+                model = _load(module, name, keras_file, unsafe)
         except Exception as exc:  # noqa: BLE001 - any loader failure means: try the other loader
             logger.info("%s could not load %s: %s", name, keras_file.path, _first_line(exc))
             _raise_if_custom(keras_file, module)
