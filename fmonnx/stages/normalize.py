@@ -9,6 +9,9 @@ activations: (C, H, W) float, channels first. Methods:
 
 A constant channel (max == min, e.g. a dead ReLU) never divides by zero: it
 becomes a flat tile (128 for standardize, 0 otherwise) and is counted dead.
+So is a *flat* channel, constant up to float32 rounding (``flat_spread``: e.g.
+1000 +- 1e-5, an interpolation's residue): stretched, its rounding noise would
+fill 0..255. The one decision serves every method, the manifest and the page.
 Non-finite values are drawn as 0 and counted.
 """
 
@@ -18,15 +21,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "CHUNK_VALUES", "ChannelStats", "channel_stats", "normalize"]
+__all__ = [
+    "METHODS", "DEFAULT_METHOD", "CHUNK_VALUES", "FLAT_TOLERANCE", "ChannelStats", "channel_stats", "flat_spread",
+    "normalize",
+]
 
 METHODS = ("standardize", "minmax", "layer")
 DEFAULT_METHOD = "standardize"
 
+# float32 resolves 2**-23 ~ 1.2e-7 of a value's magnitude: a spread under ~8 of those steps
+# is rounding left by the arithmetic, not signal (real variation, e.g. 1e-3 +- 1e-4, is 1e-1)
+FLAT_TOLERANCE = 1e-6
+
+
+def flat_spread(low, high) -> np.ndarray:
+    """True where ``high - low`` (a channel's max - min) is at most FLAT_TOLERANCE of its magnitude.
+
+    The magnitude is ``max(|low|, |high|)``, so an exactly constant channel (all-zero included) is
+    flat too. max - min rather than std: it is the larger spread, so no channel with one real
+    outlier is flattened, and it gives each channel one answer whatever the method.
+    """
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return high - low <= FLAT_TOLERANCE * np.maximum(np.abs(low), np.abs(high))
+
 
 @dataclass(frozen=True)
 class ChannelStats:
-    """Per-channel float64 statistics, each of shape (C,); ``dead`` is max == min."""
+    """Per-channel float64 statistics, each of shape (C,).
+
+    ``dead``: drawn as a flat tile, max == min or within float32 rounding of it (``flat_spread``);
+    ``flat``: the dead channels that are so only by that rounding (max != min).
+    """
 
     mean: np.ndarray
     std: np.ndarray
@@ -37,7 +62,11 @@ class ChannelStats:
 
     @property
     def dead(self) -> np.ndarray:
-        return self.max == self.min
+        return flat_spread(self.min, self.max)
+
+    @property
+    def flat(self) -> np.ndarray:
+        return self.dead & (self.max != self.min)
 
     def summary(self) -> dict:
         """Layer-level numbers for the manifest."""
@@ -162,8 +191,9 @@ def _normalize_chunk(activations: np.ndarray, method: str, stats: ChannelStats, 
             span = (stats.max - stats.min)[picked][:, None, None]
         else:
             low = np.float64(stats.min.min()) if stats.min.size else 0.0
-            span = np.float64(stats.max.max() - low) if stats.max.size else 0.0
-            dead = np.full(values.shape[0], span == 0)
+            high = np.float64(stats.max.max()) if stats.max.size else 0.0
+            span = high - low
+            dead = np.full(values.shape[0], bool(flat_spread(low, high)))  # the whole layer, as one channel
         span = np.where(span == 0, 1.0, span)
         scaled = np.subtract(values, np.float32(low) if np.ndim(low) == 0 else low.astype(np.float32))
         scaled /= np.float32(span) if np.ndim(span) == 0 else span.astype(np.float32)

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from .decimals import json_lists, round_significant
-from .normalize import ChannelStats
+from .normalize import ChannelStats, flat_spread
 
 __all__ = ["CHANNEL_FIELDS", "channel_records", "channel_columns", "layer_summary", "format_table"]
 
@@ -28,7 +28,8 @@ CHANNEL_FIELDS = ("mean", "std", "min", "max", "zero_fraction")
 
 
 def channel_records(stats: ChannelStats) -> dict:
-    """``{field: [value per channel]}`` for CHANNEL_FIELDS (7 significant digits), plus ``dead`` (bool per channel)."""
+    """``{field: [value per channel]}`` for CHANNEL_FIELDS (7 significant digits), plus ``dead`` (bool per channel:
+    drawn flat, constant or within float32 rounding of it, see ChannelStats)."""
     records = {name: round_significant(getattr(stats, name)).tolist() for name in CHANNEL_FIELDS}
     records["dead"] = stats.dead.tolist()
     return records
@@ -51,7 +52,11 @@ def channel_columns(layers: list[ChannelStats]) -> list[dict[str, str]]:
 
 
 def layer_summary(stats: ChannelStats) -> dict:
-    """The layer's numbers: ChannelStats.summary() plus channel count, pooled std and dead channel indices."""
+    """The layer's numbers: ChannelStats.summary() plus channel count, pooled std and dead channel indices.
+
+    ``flat_indices``: the dead channels that are not exactly constant, only within float32 rounding
+    of it (normalize.flat_spread): why they are dead, since their rounded min and max may differ.
+    """
     summary = stats.summary()
     count = int(stats.mean.size)
     if count:
@@ -62,6 +67,9 @@ def layer_summary(stats: ChannelStats) -> dict:
         summary["std"] = 0.0
     summary["channels"] = count
     summary["dead_indices"] = np.flatnonzero(stats.dead).tolist()
+    summary["flat_indices"] = np.flatnonzero(stats.flat).tolist()
+    # the whole layer's span, judged as its channels are: the page's "layer" normalization reads it
+    summary["flat"] = bool(count) and bool(flat_spread(np.min(stats.min), np.max(stats.max)))
     return summary
 
 
@@ -69,10 +77,15 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _dead_note(indices: list[int], limit: int = 8) -> str:
+def _listed(indices: list[int], limit: int = 8) -> str:
     shown = ", ".join(map(str, indices[:limit]))
     more = f", ... (+{len(indices) - limit})" if len(indices) > limit else ""
-    return f"dead: {shown}{more}"
+    return f"{shown}{more}"
+
+
+def _dead_note(stats: dict) -> str:
+    flat = stats.get("flat_indices") or []
+    return f"dead: {_listed(stats['dead_indices'])}" + (f" (flat within rounding: {_listed(flat)})" if flat else "")
 
 
 def format_table(layers: list[dict]) -> str:
@@ -93,7 +106,7 @@ def format_table(layers: list[dict]) -> str:
                 _number(stats["max"]),
                 f"{stats['zero_fraction']:.1%}",
                 f"{dead}/{stats['channels']}" + (" !" if dead else ""),
-                _dead_note(stats["dead_indices"]) if dead else "",
+                _dead_note(stats) if dead else "",
             )
         )
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
@@ -110,5 +123,8 @@ def format_table(layers: list[dict]) -> str:
     lines = [line(header)] + [line(row) for row in rows]
     total = sum(layer["stats"]["dead_channels"] for layer in layers)
     flagged = sum(1 for layer in layers if layer["stats"]["dead_channels"])
-    lines.append(f"{len(layers)} layers; {total} dead channels in {flagged} layers (constant over the whole image)")
+    lines.append(
+        f"{len(layers)} layers; {total} dead channels in {flagged} layers"
+        " (constant over the whole image, to float32 rounding)"
+    )
     return "\n".join(lines)

@@ -162,7 +162,7 @@
     for (var q = 0; q < 256; q++) {
       var x = low + q / 255 * span, v;
       if (state.norm === "minmax") v = dead ? 0 : q;
-      else if (state.norm === "layer") v = layerSpan > 0 ? (x - layerLow) / layerSpan * 255 : 0;
+      else if (state.norm === "layer") v = layerSpan > 0 && !layer.stats.flat ? (x - layerLow) / layerSpan * 255 : 0;
       else v = dead || !(ch.std[c] > 0) ? 128 : (x - ch.mean[c]) / ch.std[c] * 64 + 128;
       v = v < 0 ? 0 : v > 255 ? 255 : Math.floor(v);
       table[3 * q] = colours[3 * v];
