@@ -19,7 +19,8 @@ from .errors import FmonnxError
 
 _PROCESS_STARTED = time.perf_counter()  # the reported time includes loading numpy and onnxruntime
 
-OPS_HELP = "Comma-separated op types to show [default: Conv,Relu,MaxPool, or the layers recorded by fmonnx convert]."
+OPS_HELP = ("Comma-separated op types or activations (SiLU, HardSwish, Gelu, ReLU6, ...) to show [default: Conv, Relu, "
+            "MaxPool and every activation, or the layers recorded by fmonnx convert].")
 
 
 class _Group(click.Group):
