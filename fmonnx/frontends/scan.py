@@ -215,7 +215,7 @@ def _pass_two(
             y, x = int(layer.top_y[channel, rank]), int(layer.top_x[channel, rank])
             if as_maps[index]:
                 if maps is None:
-                    maps = maps_of(scanner.prepare(read_pixels(ref, scanner.image_channels)))
+                    maps = maps_of(scanner.filled(scanner.prepare(read_pixels(ref, scanner.image_channels))))
                     base = fitted_image(pixels, crop_size)
                 boxes[(index, channel, rank)] = [0, 0, image_hw[1], image_hw[0]]
                 values = maps[scanner.layers[index].tensor][channel]
@@ -359,6 +359,8 @@ def scan(
     fields_of = receptive_fields(plan.loaded.model, plan.input.name, infer_types(plan.loaded.model))
     fields = [fields_of.get(layer.tensor) for layer in scanner.layers]
     problems = list(plan.notes)
+    if scanner.note is not None:  # the batch it could not use, and why: scan.json's "batch" is the one used
+        problems.append(scanner.note)
     record = {
         "model": str(model_path),
         "fmonnx_version": __version__,

@@ -8,9 +8,12 @@ Size: every image is resized to the model's input H x W; when H or W is dynamic,
 (``--size``), else DEFAULT_SIZE (224 x 224), so that images of any size batch together and every
 channel's statistics are over maps of one size.
 
-Batch: a model whose batch axis is fixed at 1 (most exports) is opened with that axis made dynamic
-(the model is read with its weights, the input's first dimension renamed, stale shapes dropped);
-when the model cannot run a batch of 2 that way (a Reshape that hard-codes 1), images go one at a time.
+Batch: decided once, up front, by a probe run of 2 blank images. A model whose batch axis is a fixed
+integer (most exports: 1) is opened with that axis made dynamic (the model is read with its weights, the
+input's first dimension renamed, stale shapes dropped). When the probe fails, or returns tensors whose
+first axis is not 2 (a Reshape that hard-codes batch 1, as torchvision's detection graphs do: the images
+would be mixed into one), the scan falls back to the model's fixed batch (partial batches padded), else
+to 1, and ``note`` says so in one line.
 """
 
 from __future__ import annotations
@@ -59,12 +62,9 @@ class LayerShape:
 
 
 def _batched_model(plan: ModelPlan) -> bytes | None:
-    """The model file with its input's batch axis made dynamic, or None when it already is or cannot be."""
+    """The model file with its input's fixed batch axis made dynamic, or None when it cannot be (external data)."""
     loaded = plan.loaded
     if loaded.external_data:
-        return None
-    batch = plan.input.shape[0]
-    if not isinstance(batch, int) or batch != 1:
         return None
     model = onnx.load(str(loaded.path))
     for value in model.graph.input:
@@ -76,6 +76,12 @@ def _batched_model(plan: ModelPlan) -> bytes | None:
             value.type.tensor_type.ClearField("shape")
     model.graph.ClearField("value_info")
     return model.SerializeToString()
+
+
+def fixed_batch(plan: ModelPlan) -> int | None:
+    """The input's batch size when the graph fixes it to an integer, else None (symbolic or unknown)."""
+    batch = plan.input.shape[0]
+    return batch if isinstance(batch, int) and batch > 0 else None
 
 
 class Scanner:
@@ -98,29 +104,19 @@ class Scanner:
             for tensor in plan.tensors
         ]
         suffix, self.reduced = reduction_suffix(plan.loaded.model, layers)
-        self.batch = batch or DEFAULT_BATCH
-        source = _batched_model(plan) if self.batch > 1 else None
-        loaded = plan.loaded
-        if source is None and self.batch > 1 and plan.input.shape[0] == 1:
-            self.batch = 1
-        self.session = create_session(
-            source if source is not None else loaded.path, options.provider, loaded.path.parent,
-            loaded.external_data, options.threads, append=suffix, optimization=options.optimization,
-        )
+        self._suffix = suffix
+        requested = batch or DEFAULT_BATCH
+        fixed = fixed_batch(plan)
+        self.note: str | None = None  # one line when the scan cannot use the batch it was asked for
+        self.batch, self._padded = requested, False
+        outputs, why = None, "its weights are in separate files, so its batch axis stays fixed"
+        if requested > 1 or fixed not in (None, 1):
+            source = _batched_model(plan) if fixed is not None else plan.loaded.path
+            if source is not None:
+                outputs, why = self._probe(source, min(requested, 2))
+        if outputs is None:
+            outputs = self._fall_back(fixed or 1, requested, why, asked=batch is not None)
         self.provider = self.session.get_providers()[0]
-        blank = self.prepare(np.zeros((*self.size, self.image_channels), np.uint8))
-        try:
-            outputs = self._run(np.concatenate([blank] * min(self.batch, 2)))
-        except ModelError:
-            if self.batch == 1:
-                raise
-            log.info("the model does not run batches of 2; scanning one image at a time")
-            self.batch = 1
-            self.session = create_session(
-                loaded.path, options.provider, loaded.path.parent, loaded.external_data, options.threads,
-                append=suffix, optimization=options.optimization,
-            )
-            outputs = self._run(blank)
         self.layers = []
         for named, reduced in zip(plan.tensors, self.reduced):
             shape = outputs[reduced.shape]
@@ -132,6 +128,44 @@ class Scanner:
             c, h, w = self._chw(shape, reduced)
             self.layers.append(LayerShape(named.name, named.candidate.tensor, c, h, w))
 
+    def _open(self, source) -> None:
+        loaded = self.plan.loaded
+        self.session = create_session(
+            source, self.options.provider, loaded.path.parent, loaded.external_data, self.options.threads,
+            append=self._suffix, optimization=self.options.optimization,
+        )
+
+    def _blanks(self, count: int) -> np.ndarray:
+        blank = self.prepare(np.zeros((*self.size, self.image_channels), np.uint8))
+        return np.concatenate([blank] * count)
+
+    def _probe(self, source, count: int) -> tuple[dict[str, np.ndarray] | None, str]:
+        """The outputs of ``count`` blank images on ``source``, or None and why the model cannot batch."""
+        try:
+            self._open(source)
+            outputs = self._run(self._blanks(count))
+        except ModelError as exc:  # its text tells how to fix a failed render, not this: kept in the log
+            log.info("a probe run of %d images failed: %s", count, exc)
+            return None, f"a run of {count} images fails in onnxruntime"
+        for reduced in self.reduced:
+            # a graph that pins batch 1 (Reshape to [1, -1, ...]) runs, but folds the images into one
+            first = outputs[reduced.shape][0] if outputs[reduced.shape].size else None
+            if first != count or any(outputs[name].shape[0] != count for name in reduced.outputs):
+                return None, (f"a run of {count} images returns {reduced.tensor!r} with a first axis of {first}, "
+                              f"not {count}: the graph fixes its batch")
+        return outputs, ""
+
+    def _fall_back(self, batch: int, requested: int, why: str, asked: bool) -> dict[str, np.ndarray]:
+        """Open the model as it is, with its own ``batch``; the outputs of a blank batch."""
+        self.batch, self._padded = batch, batch > 1
+        if batch != requested and (asked or batch == 1):  # a fixed batch > 1 by default is the model's own choice
+            size = f"batches of {batch}" if batch > 1 else "one image at a time"
+            self.note = f"the model cannot scan batches of {requested} ({why}); scanned {size}"
+        if self.note:
+            log.info("%s", self.note)  # the front-end lists it among the scan's problems
+        self._open(self.plan.loaded.path)
+        return self._run(self._blanks(batch))
+
     @staticmethod
     def _chw(shape: np.ndarray, reduced: ReducedLayer) -> tuple[int, int, int]:
         spatial = [int(shape[axis]) for axis in (1, 2, 3) if axis != reduced.channel_axis]
@@ -141,6 +175,11 @@ class Scanner:
         """The model's input (batch of one) for uint8 (H, W, C) pixels, resized to the scan's size."""
         tensor, _ = prepare_input(pixels, self.plan.input, self.plan.input_layout, self.preset, self.size)
         return tensor
+
+    def filled(self, tensor: np.ndarray) -> np.ndarray:
+        """A batch of one as the unmodified model takes it: repeated to its fixed batch when it has one > 1."""
+        fixed = fixed_batch(self.plan) or 1
+        return np.concatenate([tensor] * fixed) if fixed > 1 else tensor
 
     def load(self, ref: ImageRef, data: bytes | None = None) -> np.ndarray:
         """The input tensor of one image; ImageError when it cannot be read. A huge image is decoded reduced."""
@@ -157,7 +196,13 @@ class Scanner:
         covered = np.array(sorted([*ids, *skipped]), np.int64)
         if not ids:
             return ScanDelta([], covered, skipped)
+        count = len(tensors)
+        if self._padded and count < self.batch:  # a graph with a fixed batch: fill it, keep the real rows
+            tensors = [*tensors, *[tensors[-1]] * (self.batch - count)]
         outputs = self._run(np.concatenate(tensors))
+        if self._padded:
+            shapes = {reduced.shape for reduced in self.reduced}
+            outputs = {name: value if name in shapes else value[:count] for name, value in outputs.items()}
         array_ids = np.asarray(ids, np.int64)
         deltas = []
         for reduced in self.reduced:
