@@ -84,10 +84,12 @@ def _check_memory(plan: ModelPlan, options: RenderOptions, batch: int | None) ->
     """ImageError when a batch of images at the scan's size cannot fit the memory there is (as render
     says it before running), not onnxruntime's failed allocation mid-scan."""
     size = input_size(plan, options)
-    batch = batch or DEFAULT_BATCH
-    channels = plan.input.shape[plan.input_layout.channel_axis]
+    layout = plan.input_layout
+    batch = 1 if layout.rank == 3 else batch or DEFAULT_BATCH  # an input without a batch axis runs one image
+    channels = plan.input.shape[layout.channel_axis]
     channels = channels if isinstance(channels, int) else 3
-    shape = (batch, channels, *size) if plan.input_layout.channel_axis == 1 else (batch, *size, channels)
+    image = (channels, *size) if layout.channels_first else (*size, channels)
+    shape = image if layout.rank == 3 else (batch, *image)
     needed = one_run_memory(plan, shape)
     available = available_bytes()
     if needed is not None and available is not None and needed > available:

@@ -48,37 +48,54 @@ _LAYOUT_PRESERVING_OPS = frozenset(
 
 @dataclass(frozen=True)
 class Layout:
-    """Channel axis of a 4-D tensor (with its batch axis) and whether the graph proved it."""
+    """Channel axis of a tensor and whether the graph proved it. ``rank`` 4 has a batch axis first;
+    rank 3 is an image input without one (C,H,W or H,W,C: a detection model's list of images)."""
 
     channel_axis: int
     certain: bool
+    rank: int = 4
 
     @property
     def name(self) -> str:
-        return {1: "NCHW", 3: "NHWC"}.get(self.channel_axis, f"channels on axis {self.channel_axis}")
+        names = {4: {1: "NCHW", 3: "NHWC"}, 3: {0: "CHW", 2: "HWC"}}[self.rank]
+        return names.get(self.channel_axis, f"channels on axis {self.channel_axis}")
+
+    @property
+    def channels_first(self) -> bool:
+        return self.channel_axis == self.rank - 3
+
+    @property
+    def hw_axes(self) -> tuple[int, int]:
+        """The axes of height and width."""
+        first = self.rank - 3
+        height, width = (axis for axis in (first, first + 1, first + 2) if axis != self.channel_axis)
+        return height, width
 
 
 def detect_input_layout(shape: tuple, forced: str | None = None) -> Layout:
-    """Layout of an image input of rank 4, from its shape; ``forced`` ("NCHW"/"NHWC") overrides.
+    """Layout of an image input of rank 4, or of rank 3 without a batch axis, from its shape;
+    ``forced`` ("NCHW"/"NHWC", meaning CHW/HWC at rank 3) overrides.
 
-    The channel axis is the one of size 1, 3 or 4 among axes 1 and 3; a
+    The channel axis is the one of size 1, 3 or 4 among the first and last axes after the batch; a
     symbolic or other size there rules that axis out. When both fit (a
-    3x3 image with 3 channels), N,C,H,W is taken and marked uncertain.
+    3x3 image with 3 channels), channels first is taken and marked uncertain.
     """
-    if len(shape) != 4:
+    if len(shape) not in (3, 4):
         raise ModelError(
             f"the model input has shape {list(shape)}; fmonnx needs an image input of rank 4 "
-            "(N,C,H,W or N,H,W,C)"
+            "(N,C,H,W or N,H,W,C) or 3 (C,H,W or H,W,C)"
         )
+    rank = len(shape)
+    first_axis, last_axis = rank - 3, rank - 1
     if forced:
-        return Layout(1 if forced.upper() == "NCHW" else 3, True)
-    first, last = shape[1] in IMAGE_CHANNELS, shape[3] in IMAGE_CHANNELS
+        return Layout(first_axis if forced.upper() == "NCHW" else last_axis, True, rank)
+    first, last = shape[first_axis] in IMAGE_CHANNELS, shape[last_axis] in IMAGE_CHANNELS
     if first and not last:
-        return Layout(1, True)
+        return Layout(first_axis, True, rank)
     if last and not first:
-        return Layout(3, True)
+        return Layout(last_axis, True, rank)
     if first and last:
-        return Layout(1, False)
+        return Layout(first_axis, False, rank)
     raise ModelError(
         f"the model input has shape {list(shape)}: no axis of size 1, 3 or 4 for image channels; "
         "fmonnx feeds grayscale, RGB or RGBA images (pass --input-layout if the channel axis is symbolic)"
@@ -130,7 +147,8 @@ def channel_axes(
                 if source.channel_axis in perm:
                     axis = perm.index(source.channel_axis)
                     # channels moved onto the batch axis: no image layout fmonnx can draw
-                    result = Layout(axis, source.certain) if axis != 0 else None
+                    batched = source.rank == 4
+                    result = Layout(axis, source.certain, source.rank) if axis != 0 or not batched else None
         elif op in _LAYOUT_PRESERVING_OPS:
             for name in node.input:
                 if name in layouts and rank(name) in (4, None):

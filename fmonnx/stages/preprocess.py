@@ -3,7 +3,7 @@
 Stages: ``load_image`` (any file Pillow reads, to an 8-bit RGB/L/RGBA array,
 EXIF rotation applied), ``target_size`` (the input's H x W, or the image's
 own size capped when H and W are dynamic) and ``prepare_input`` (resize,
-preset arithmetic, layout, dtype, batch axis); ``read_input`` is the three together.
+preset arithmetic, layout, dtype, batch axis when the input has one); ``read_input`` is the three together.
 
 An image far larger than what it is resized to is decoded reduced: a 150 KB PNG
 can hold 12000 x 12000 pixels (432 MB as RGB, 1.6 GB through the conversions
@@ -204,7 +204,7 @@ def load_image(
 
 def target_size(spec_shape: tuple, layout: Layout, image_hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
     """The H, W to feed: the model's when fixed, else the image's own, its longest side capped at ``max_size``."""
-    h_axis, w_axis = (2, 3) if layout.channel_axis == 1 else (1, 2)
+    h_axis, w_axis = layout.hw_axes
     height, width = spec_shape[h_axis], spec_shape[w_axis]
     if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
         return height, width
@@ -244,7 +244,8 @@ def prepare_input(
     size: tuple[int, int] | None = None,
     max_size: int | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Build the model's input tensor (batch of one) from uint8 (H, W, C) pixels.
+    """Build the model's input tensor (batch of one) from uint8 (H, W, C) pixels; an input without
+    a batch axis (``layout.rank`` 3) gets the image alone, (C, H, W) or (H, W, C).
 
     Returns the tensor and a record of what was applied, for the manifest.
     """
@@ -256,7 +257,7 @@ def prepare_input(
     resized = np.asarray(image, dtype=np.uint8)
     resized = resized[:, :, None] if resized.ndim == 2 else resized
     values = _apply_preset(resized, preset)
-    if layout.channel_axis == 1:
+    if layout.channels_first:
         values = values.transpose(2, 0, 1)
     dtype = _NUMPY_TYPES.get(spec.elem_type)
     if dtype is None:
@@ -264,7 +265,8 @@ def prepare_input(
             f"the model input {spec.name!r} has element type {spec.elem_type} "
             "(not float or uint8); fmonnx cannot feed an image to it"
         )
-    tensor = np.ascontiguousarray(values[None].astype(dtype))
+    unbatched = layout.rank == 3
+    tensor = np.ascontiguousarray((values if unbatched else values[None]).astype(dtype))
     record = {
         "preset": preset,
         "description": PRESETS[preset],
@@ -275,6 +277,8 @@ def prepare_input(
         "dtype": np.dtype(dtype).name,
         "value_range": [float(tensor.min()), float(tensor.max())],
     }
+    if unbatched:
+        record["unbatched"] = True  # the model takes one image with no batch axis
     return tensor, record
 
 

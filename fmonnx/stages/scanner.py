@@ -13,7 +13,7 @@ integer (most exports: 1) is opened with that axis made dynamic (the model is re
 input's first dimension renamed, stale shapes dropped). When the probe fails, or returns tensors whose
 first axis is not 2 (a Reshape that hard-codes batch 1, as torchvision's detection graphs do: the images
 would be mixed into one), the scan falls back to the model's fixed batch (partial batches padded), else
-to 1, and ``note`` says so in one line.
+to 1, and ``note`` says so in one line. An input without a batch axis (C,H,W) is not probed: one image a run.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DEFAULT_BATCH = 16
 def input_size(plan: ModelPlan, options: RenderOptions) -> tuple[int, int]:
     """The H x W every image is fed at (see the module docstring)."""
     shape = plan.input.shape
-    h_axis, w_axis = (2, 3) if plan.input_layout.channel_axis == 1 else (1, 2)
+    h_axis, w_axis = plan.input_layout.hw_axes
     height, width = shape[h_axis], shape[w_axis]
     if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
         return height, width
@@ -79,7 +79,10 @@ def _batched_model(plan: ModelPlan) -> bytes | None:
 
 
 def fixed_batch(plan: ModelPlan) -> int | None:
-    """The input's batch size when the graph fixes it to an integer, else None (symbolic or unknown)."""
+    """The input's batch size when the graph fixes it to an integer, else None (symbolic, unknown, or no
+    batch axis)."""
+    if plan.input_layout.rank == 3:
+        return None
     batch = plan.input.shape[0]
     return batch if isinstance(batch, int) and batch > 0 else None
 
@@ -110,7 +113,9 @@ class Scanner:
         self.note: str | None = None  # one line when the scan cannot use the batch it was asked for
         self.batch, self._padded = requested, False
         outputs, why = None, "its weights are in separate files, so its batch axis stays fixed"
-        if requested > 1 or fixed not in (None, 1):
+        if plan.input_layout.rank == 3:  # C,H,W (a list of images): nothing to batch along
+            why = "its input has no batch axis"
+        elif requested > 1 or fixed not in (None, 1):
             source = _batched_model(plan) if fixed is not None else plan.loaded.path
             if source is not None:
                 outputs, why = self._probe(source, min(requested, 2))
