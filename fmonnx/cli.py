@@ -213,14 +213,17 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
 @cli.command()
 @click.argument("model", type=click.Path())
 @_selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def layers(model, ops, all_spatial, input_layout, as_json):
+@click.option("--size", default=None, help="Shapes at an HxW input when the model's H or W is dynamic "
+              "[default: ? for sizes the model leaves open].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (open sizes as null).")
+def layers(model, ops, all_spatial, input_layout, size, as_json):
     """List the tensors of MODEL that can be shown, with op and C x H x W shape."""
     from .options import RenderOptions
     from .stages.plan import list_layers
 
     options = RenderOptions(
-        ops=_parse_ops(ops), all_spatial=all_spatial, input_layout=input_layout.upper() if input_layout else None
+        ops=_parse_ops(ops), all_spatial=all_spatial, input_layout=input_layout.upper() if input_layout else None,
+        size=_parse_size(size),
     )
     rows = list_layers(model, options)
     if as_json:

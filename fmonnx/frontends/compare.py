@@ -34,6 +34,7 @@ from ..sources.keras.file import is_keras_file
 from ..stages.activations import ImageActivations, LayerActivation, run_images
 from ..stages.agreement import Agreement, Tolerance
 from ..stages.layout import Layout
+from ..stages.metadata import read_layer_metadata
 from ..stages.pairing import Pair, Pairing, check_inputs, pair_layer_outputs, pair_plans
 from ..stages.plan import ModelPlan, demo_paths, plan_model
 from ..stages.preprocess import expand_image_paths
@@ -208,11 +209,23 @@ def _repeats(options: RenderOptions, repeat: bool | None) -> bool:
     return resolve_providers(options.provider, ort.get_available_providers())[0] == _CUDA
 
 
+def _original_outputs(plan: ModelPlan) -> list[str]:
+    """The model's own outputs: its graph outputs less those ``fmonnx convert`` added for the layers
+    it records (``fmonnx.layers``). A recorded layer output that is also the model's own output
+    (a fully convolutional net) is compared as a layer; when every graph output is recorded, the
+    first is kept, since the converters put the model's own outputs first."""
+    names = [value.name for value in plan.loaded.model.graph.output]
+    recorded = set()
+    for record in read_layer_metadata(plan.loaded.model, plan.loaded.path.name):
+        recorded.update((record.output, *record.inner))
+    return [name for name in names if name not in recorded] or names[:1]
+
+
 def _output_pairs(plan_a: ModelPlan, plan_b: ModelPlan) -> list[tuple[str, str]]:
     """The final outputs to compare: by name, else by position when both models have as many
     (a model's outputs are its interface, like its input)."""
-    names_a = [value.name for value in plan_a.loaded.model.graph.output]
-    names_b = [value.name for value in plan_b.loaded.model.graph.output]
+    names_a = _original_outputs(plan_a)
+    names_b = _original_outputs(plan_b)
     if set(names_a) == set(names_b):
         return [(name, name) for name in names_a]
     if len(names_a) == len(names_b):

@@ -24,6 +24,7 @@ __all__ = ["RECORD", "CompareResult", "record_json", "format_db"]
 RECORD = "compare.json"
 _VIEW_PICTURES = 3  # layers whose pictures the notebook view shows, worst first
 _VIEW_ROWS = 12
+_SUMMARY_OUTPUTS = 3  # final outputs named in the one-line summary
 
 
 def record_json(record: dict) -> str:
@@ -83,7 +84,10 @@ class CompareResult:
     def summary(self) -> str:
         """One line: the verdict, the first diverging layer and the final outputs' agreement."""
         record = self.record
-        outputs = ", ".join(f"{entry['name']} {format_db(entry['sqnr_db'])} dB" for entry in record["outputs"])
+        finals = record["outputs"]
+        outputs = ", ".join(f"{entry['name']} {format_db(entry['sqnr_db'])} dB" for entry in finals[:_SUMMARY_OUTPUTS])
+        if len(finals) > _SUMMARY_OUTPUTS:  # a detector's heads, not hundreds of names on one line
+            outputs += f" and {len(finals) - _SUMMARY_OUTPUTS} more"
         outputs = f"; final outputs: {outputs}" if outputs else ""
         count = len(record["layers"])
         if record["first_divergence"] is not None:

@@ -211,6 +211,21 @@ def _is_spatial(tensor_type: TensorType | None) -> bool:
     return tensor_type is not None and tensor_type.is_float and tensor_type.rank == 4
 
 
+def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed from initializers and Constants alone (weights, not feature maps).
+
+    Graph order is topological, so one pass suffices. A node with a subgraph may read the
+    image inside it, so its outputs never count as constant.
+    """
+    constant = {tensor.name for tensor in graph.initializer}
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if all(name in constant for name in node.input if name):
+            constant.update(output for output in node.output if output)
+    return constant
+
+
 def find_candidates(
     model: onnx.ModelProto,
     types: dict[str, TensorType],
@@ -223,12 +238,13 @@ def find_candidates(
     ``ops`` picks node types (may be empty) and ACTIVATIONS by name; ``all_spatial``
     takes every float tensor of rank 4 instead; ``extra_tensors`` are always
     taken (names a converter recorded; the plan leaves out those shape inference
-    proves are not 4-D). Graph inputs, initializers, Constant
-    outputs, non-float and non-4-D tensors and duplicates are skipped.
+    proves are not 4-D). Graph inputs, initializers, tensors computed from
+    initializers and Constants alone, non-float and non-4-D tensors and
+    duplicates are skipped.
     Raises ModelError when nothing is left.
     """
     graph = model.graph
-    excluded = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+    excluded = {value.name for value in graph.input} | _constant_tensors(graph)
     wanted_extra = set(extra_tensors)
     chosen: dict[str, Candidate] = {}
     patterns = [ACTIVATIONS[name] for name in dict.fromkeys(ops) if name in ACTIVATIONS]

@@ -114,7 +114,7 @@ def _recorded_tensors(
             if rank is None or rank == 4:
                 kept.append(name)
             else:
-                shape = list(types[name].shape)
+                shape = "[" + ", ".join("?" if dim is None else str(dim) for dim in _readable(types[name].shape)) + "]"
                 notes.append(f"{record.layer}: {LAYERS_KEY} names the tensor {name!r} of shape {shape}, not 4-D; "
                              "not shown")
     if records and not kept and not ops_given:
@@ -187,19 +187,47 @@ def _without_weights(loaded: LoadedModel) -> LoadedModel:
     return dataclasses.replace(loaded, model=light)
 
 
+def _readable(shape) -> list | None:
+    """Sizes as ints, None where unknown: a symbolic dim (``unk__0``, a torch export's
+    ``((s65 - 1)//16) + 1``) says nothing readable."""
+    return None if shape is None else [dim if isinstance(dim, int) else None for dim in shape]
+
+
+def _types_at_size(plan: ModelPlan, size: tuple[int, int] | None) -> dict[str, TensorType]:
+    """Shape inference again with a dynamic input fixed at ``size`` (H, W; batch 1), so symbolic
+    sizes become the ints that input gives; {} when there is no size or nothing to fix."""
+    shape = plan.input.shape
+    if size is None or len(shape) != 4 or all(isinstance(dim, int) for dim in shape):
+        return {}
+    fixed = list(shape)
+    spatial = [axis for axis in (1, 2, 3) if axis != plan.input_layout.channel_axis]
+    for axis, value in ((0, 1), (spatial[0], size[0]), (spatial[1], size[1])):
+        if not isinstance(fixed[axis], int):
+            fixed[axis] = value
+    if not all(isinstance(dim, int) for dim in fixed):
+        return {}
+    return infer_types(plan.loaded.model, {plan.input.name: tuple(fixed)})
+
+
 def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = None) -> list[dict]:
-    """Each tensor that would be shown: name, op, tensor, C x H x W (from shape inference)."""
+    """Each tensor that would be shown: name, op, tensor, C x H x W (from shape inference).
+
+    Sizes are ints, or None where the model leaves them open; with ``options.size`` a dynamic
+    H x W is fixed at that size first.
+    """
     plan = plan_model(model_path, options)
+    resolved = _types_at_size(plan, options.size if options else None)
     rows = []
     for named in plan.tensors:
         layout = plan.layout_of(named.candidate.tensor)
+        tensor_type = resolved.get(named.candidate.tensor) or named.candidate.type
         rows.append(
             {
                 "name": named.name,
                 "op": named.candidate.op,
                 "tensor": named.candidate.tensor,
                 "source_layer": named.source_layer,
-                "shape": chw_shape(named.candidate.type.shape, layout),
+                "shape": _readable(chw_shape(tensor_type.shape, layout)),
                 "channel_axis": layout.channel_axis,
                 "layout_certain": layout.certain,
             }
