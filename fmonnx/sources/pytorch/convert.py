@@ -26,7 +26,9 @@ The converted model's ``metadata_props``:
   call (tap.py says which): ``{"layer": "layer1.0.relu#2", "class": "ReLU",
   "output": "<tensor holding the call's output>", "layout": "NCHW",
   "also_output_of": ["layer1.0", "layer1"]}`` (the containers that returned
-  the same tensor, innermost first; absent when none).
+  the same tensor, innermost first; for a module shared by several paths,
+  first its own name, e.g. ``blocks.0.act#3`` beside ``blocks.2.act``;
+  absent when none).
 - ``fmonnx.source``: JSON object ``{"framework": "pytorch", "torch_version",
   "module": class name, "file", "converter", "example_input": [1, C, H, W],
   "spatial": "dynamic" | "fixed", "opset": the model's (the exporter keeps 18

@@ -14,6 +14,13 @@ call of a module takes the bare path, later calls ``<path>#2``, ``<path>#3``...
 the scheme ``fmonnx.stages.names`` uses for ONNX files exported by torch.
 Every call counts, recorded or not, so the number is the call's place in order.
 
+A module reachable by several paths (ultralytics shares one ``SiLU`` among all
+its Conv blocks) is named by the path it was called through: the path whose
+parent is the module whose forward is running (pre-hooks keep a stack of the
+running calls), so ``blocks.2.act`` rather than ``blocks.0.act#3``. Its own
+name, the first path with its call number among all its calls, goes into
+``also_output_of`` where it differs. A module with one path keeps that path.
+
 A call is recorded when its output is a 4-D floating tensor that no earlier
 call returned unchanged. A container that returns its last child's output
 (``layer1``, ``layer1.0``) is not a layer of its own: its name is kept as an
@@ -80,25 +87,41 @@ def _tap_class(torch):
             self.classes = classes
             self.calls: list[ModuleCall] = []
             self.output_count = 0
+            # each submodule once, with all its paths, the first being the one named_modules() keeps. Found here,
+            # not in forward: under torch.export every attribute access makes a new proxy, so none looks shared
+            found: dict[int, tuple[object, list[str]]] = {}
+            for path, module in model.named_modules(remove_duplicate=False):
+                if path:
+                    found.setdefault(id(module), (module, []))[1].append(path)
+            self.modules_and_paths = list(found.values())
 
         def forward(self, *inputs):
-            seen: list[tuple[str, int, object, int, object]] = []  # path, call, tensor, version, copy
+            seen: list[tuple[str, int, object, int, object, str]] = []  # path, call, tensor, version, copy, own
             counts: dict[str, int] = {}
+            own_counts: dict[str, int] = {}  # calls of each module instance by its first path, whatever the path
+            running: list[str] = []  # paths of the module calls whose forward is running, outermost first
 
-            def hook(path):
+            def hooks(paths):
+                def enter(module, args):
+                    caller = running[-1] if running else ""
+                    running.append(paths[0] if len(paths) == 1 else _reached_by(paths, caller))
+
                 def record(module, args, output):
+                    path = running.pop()
                     call = counts.get(path, 0) + 1
                     counts[path] = call
+                    own_counts[paths[0]] = own = own_counts.get(paths[0], 0) + 1
                     if isinstance(output, torch.Tensor) and output.dim() == 4 and output.is_floating_point():
-                        seen.append((path, call, output, output._version, output.detach().clone()))
+                        own_name = call_name(paths[0], own)
+                        seen.append((path, call, output, output._version, output.detach().clone(), own_name))
 
-                return record
+                return enter, record
 
-            handles = [
-                module.register_forward_hook(hook(path))
-                for path, module in self.model.named_modules()
-                if path
-            ]
+            handles = []
+            for module, paths in self.modules_and_paths:
+                enter, record = hooks(paths)
+                handles.append(module.register_forward_pre_hook(enter))
+                handles.append(module.register_forward_hook(record))
             try:
                 result = self.model(*inputs)
             finally:
@@ -108,14 +131,16 @@ def _tap_class(torch):
             calls: list[ModuleCall] = []
             owners: list[tuple[object, int, ModuleCall]] = []  # tensor, version, the call that made it
             copies = []
-            for path, call, tensor, version, copy in seen:
+            for path, call, tensor, version, copy, own_name in seen:
                 if any(tensor is given for given in inputs):
                     continue
+                name = call_name(path, call)
+                aliases = [name] if own_name == name else [name, own_name]
                 owner = next((c for t, v, c in owners if t is tensor and v == version), None)
                 if owner is not None:
-                    owner.also_output_of.append(call_name(path, call))
+                    owner.also_output_of.extend(aliases)
                     continue
-                entry = ModuleCall(call_name(path, call), path, call, self.class_of(path))
+                entry = ModuleCall(name, path, call, self.class_of(path), also_output_of=aliases[1:])
                 owners.append((tensor, version, entry))
                 unchanged = tensor._version == version
                 index = next((i for i, out in enumerate(outputs) if out is tensor and unchanged), None)
@@ -138,3 +163,16 @@ def _tap_class(torch):
             return type(self.model.get_submodule(path)).__name__
 
     return Tap
+
+
+def _reached_by(paths: list[str], caller: str) -> str:
+    """Which of a shared module's ``paths`` a call from the module at ``caller`` went through.
+
+    The path whose parent is the caller, else the first one under the caller
+    (called from further up), else the first path.
+    """
+    direct = next((path for path in paths if path.rpartition(".")[0] == caller), None)
+    if direct is not None:
+        return direct
+    prefix = caller + "." if caller else ""
+    return next((path for path in paths if path.startswith(prefix)), paths[0])
