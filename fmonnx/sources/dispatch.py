@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelError
-from .inputs import is_torch_module
+from .inputs import is_torch_module, module_state, remember_conversion
 from .keras.file import is_keras_file
 from .pytorch.pt2_file import is_pt2_file
 
@@ -47,7 +47,10 @@ def convert(
     if is_torch_module(model):
         from .pytorch.convert import convert_module
 
-        return convert_module(model, example_input, **options)
+        state = module_state(model)  # before converting: what the result was made from
+        result = convert_module(model, example_input, **options)
+        remember_conversion(model, state, result, **options)  # a later render of the same module reads it
+        return result
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(
             f"cannot convert a {type(model).__name__}; pass a torch.nn.Module, or a .pt2 or Keras file path"

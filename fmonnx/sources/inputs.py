@@ -11,7 +11,8 @@ process, so every later stage reads an ordinary ONNX file by path. A file is
 converted once per process (again when its size or modification time
 changes); a module once per state (again when a weight or buffer is replaced
 or changed, in place or through ``.data``; a change that keeps every tensor's
-sum and version is missed). A module is converted on an example input of
+sum and version is missed); ``fmonnx.convert(module)`` counts as that
+conversion when it matches it (``remember_conversion``). A module is converted on an example input of
 (1, C, 224, 224); height and width stay open when the module allows it, so an
 image renders at its own size. torch is imported only when a PyTorch model is given.
 """
@@ -31,7 +32,9 @@ from ..errors import ModelError
 from .keras.file import is_keras_file
 from .pytorch.pt2_file import SAVE_HINT, is_pt2_file
 
-__all__ = ["onnx_path_for", "conversion_record", "as_model_path", "is_torch_module"]
+__all__ = [
+    "onnx_path_for", "conversion_record", "as_model_path", "is_torch_module", "module_state", "remember_conversion",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _store(result, stem: str, record: dict) -> Path:
     return target
 
 
-def _module_state(module) -> tuple:
+def module_state(module) -> tuple:
     """Changes when a weight or buffer is replaced (data pointer, shape) or changed in place: the version
     counter sees in-place ops, the sum also sees writes through ``.data``, which bypass the counter."""
     import torch
@@ -97,8 +100,42 @@ def _module_state(module) -> tuple:
         )
 
 
+def _remember(module, state: tuple, target: Path) -> None:
+    key = id(module)
+
+    def forget(ref, key=key):  # the entry goes with the module, so a dead module's id is never matched
+        if _modules.get(key, (None,))[0] is ref:
+            del _modules[key]
+
+    _modules[key] = (weakref.ref(module, forget), state, target)
+
+
+def remember_conversion(module, state: tuple, result, *, opset=None, check=True, rtol=None, atol=None) -> None:
+    """Let a later render of ``module``, still in ``state`` (``module_state`` taken before converting),
+    read ``result`` of ``fmonnx.convert`` instead of converting again, when ``result`` is what that
+    conversion would make: the default opset, checked within the default tolerances or tighter, and
+    height and width open, or fixed at the default example shape."""
+    from .check import DEFAULT_ATOL, DEFAULT_RTOL
+    from .pytorch.convert import DEFAULT_OPSET, example_input_for
+    from .pytorch.load import import_torch
+
+    if opset is not None and int(opset) != DEFAULT_OPSET:
+        return
+    if not check or result.check is None:
+        return
+    if (rtol is not None and float(rtol) > DEFAULT_RTOL) or (atol is not None and float(atol) > DEFAULT_ATOL):
+        return
+    default_shape = tuple(example_input_for(import_torch(), module).shape)
+    shape = tuple(result.example_shape)
+    if shape[:2] != default_shape[:2] or (not result.dynamic and shape != default_shape):
+        return
+    target = _store(result, type(module).__name__, _record(result))
+    result._fmonnx_path = target  # render(result) reads the same file
+    _remember(module, state, target)
+
+
 def _module_path(module) -> Path:
-    state = _module_state(module)
+    state = module_state(module)
     entry = _modules.get(id(module))
     if entry is not None and entry[0]() is module and entry[1] == state:
         return entry[2]
@@ -106,7 +143,7 @@ def _module_path(module) -> Path:
 
     result = convert_module(module)
     target = _store(result, type(module).__name__, _record(result))
-    _modules[id(module)] = (weakref.ref(module), state, target)
+    _remember(module, state, target)
     log.info("converted %s in %.1f s", type(module).__name__, result.seconds)
     return target
 
