@@ -3,9 +3,12 @@
 ONNX defines Conv, MaxPool, BatchNormalization and friends on N,C,H,W, even
 when the model's input is N,H,W,C (converters insert Transposes). Layouts are
 propagated forward from the graph input and from those ops: a Transpose
-moves the channel axis by its ``perm``, element-wise ops keep their input's
-layout. Sizes are never used to guess, except for the image input itself,
-whose channel axis is the one of size 1, 3 or 4.
+moves the channel axis by its ``perm``; element-wise ops, normalizations
+(LayerNormalization over the last axis of a B,H,W,C stage) and reductions that
+keep their dims keep their input's layout; a MatMul of a channels-last tensor
+by a 2-D [C, C'] weight mixes only the channels, so it stays channels-last.
+Sizes are never used to guess, except for the image input itself, whose
+channel axis is the one of size 1, 3 or 4.
 """
 
 from __future__ import annotations
@@ -42,8 +45,19 @@ _LAYOUT_PRESERVING_OPS = frozenset(
         "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Pad", "Slice",
         "QuantizeLinear", "DequantizeLinear", "Shrink", "Sign", "Not", "BitShift", "Concat", "Resize",
         "Upsample", "Tile", "Expand", "Softmax", "LogSoftmax",
+        # same shape out as in, whatever axes they normalize over
+        "LayerNormalization", "GroupNormalization", "RMSNormalization", "MeanVarianceNormalization",
     }
 )
+# With keepdims (the default) a reduction leaves every axis where it was, sized 1 where reduced.
+_REDUCE_OPS = frozenset(
+    {
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    }
+)
+# Only the first output is the normalized tensor; the others are statistics or masks.
+_FIRST_OUTPUT_OPS = frozenset({"MaxPool", "Dropout", "BatchNormalization", "LayerNormalization"})
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,10 @@ def _transpose_perm(node: onnx.NodeProto) -> list[int] | None:
     return None
 
 
+def _keepdims(node: onnx.NodeProto) -> bool:
+    return all(attr.i != 0 for attr in node.attribute if attr.name == "keepdims")
+
+
 def channel_axes(
     model: onnx.ModelProto,
     types: dict[str, TensorType],
@@ -130,9 +148,11 @@ def channel_axes(
     if input_layout is not None and image_inputs:
         layouts[image_inputs[0]] = input_layout
 
+    initializer_ranks = {tensor.name: len(tensor.dims) for tensor in graph.initializer}
+
     def rank(name: str) -> int | None:
         tensor_type = types.get(name)
-        return tensor_type.rank if tensor_type else None
+        return tensor_type.rank if tensor_type else initializer_ranks.get(name)
 
     for node in graph.node:
         op = node.op_type
@@ -154,9 +174,17 @@ def channel_axes(
                 if name in layouts and rank(name) in (4, None):
                     result = layouts[name]
                     break
+        elif op in _REDUCE_OPS and node.input and _keepdims(node):
+            result = layouts.get(node.input[0])
+        elif op == "MatMul" and len(node.input) == 2:
+            # x[..., C] @ w[C, C'] contracts the last axis only: channels-last in, channels-last out.
+            # On any other layout the last axis is spatial and the product mixes pixels.
+            source = layouts.get(node.input[0])
+            if source is not None and source.channel_axis == source.rank - 1 and rank(node.input[1]) == 2:
+                result = source
         if result is None:
             continue
-        outputs = node.output[:1] if op in ("MaxPool", "Dropout", "BatchNormalization") else node.output
+        outputs = node.output[:1] if op in _FIRST_OUTPUT_OPS else node.output
         for output in outputs:
             if output and rank(output) in (4, None):
                 layouts[output] = result
