@@ -236,6 +236,7 @@ def layers(model, ops, all_spatial, input_layout, size, as_json):
     for row, kind in zip(rows, kinds):
         shape = "x".join(str(dim) if isinstance(dim, int) else "?" for dim in row["shape"]) if row["shape"] else "?"
         note = "" if row["layout_certain"] else "  (channel axis not proven)"
+        note = f"  (not drawn: {row['not_shown']})" if "not_shown" in row else note
         click.echo(f"{row['name']:<{width}}  {kind:<{kind_width}} {shape}{note}")
 
 

@@ -72,8 +72,12 @@ def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[
     problem = _shape_problem(named, raw.shape)
     if problem:
         problems.append(problem)
-    if raw.ndim != 4 or raw.shape[0] != 1:
+    if raw.ndim != 4:
         problems.append(f"{named.name}: output has shape {list(raw.shape)}, not 4-D; not drawn")
+        return None
+    if raw.shape[0] != 1:  # shape inference could not prove it before the run (plan.set_aside)
+        problems.append(f"{named.name}: output has shape {list(raw.shape)}; first axis {raw.shape[0]} is not the "
+                        "image batch: window or head batches are not feature maps; not drawn")
         return None
     layout = plan.layout_of(named.candidate.tensor)
     if not layout.certain:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class ModelPlan:
     layouts: dict[str, Layout]
     source: dict
     notes: tuple[str, ...] = ()  # recorded tensors not shown, what the names cannot promise: said once per image
+    set_aside: tuple[tuple[NamedTensor, str], ...] = ()  # 4-D but not feature maps, with why: --all-spatial lists them
 
     def layout_of(self, tensor: str) -> Layout:
         """The proven layout, else N,C,H,W (the ONNX convention) marked uncertain."""
@@ -126,6 +128,53 @@ def _recorded_tensors(
     return tuple(kept), notes
 
 
+_NOT_FEATURE_MAPS = "window or head batches are not feature maps"
+
+
+def _not_image_batch(tensor_type: TensorType, input_batch) -> str | None:
+    """Why a 4-D tensor is not a feature map of the image, or None.
+
+    fmonnx feeds one image (or the input's own fixed batch), so a first axis that shape inference
+    fixes to another size (Swin's windows, attention heads) is not the image batch; nor is a
+    symbolic product that involves the batch (``4*batch``). Unknown sizes prove nothing: the run
+    checks those.
+    """
+    if tensor_type.rank != 4:
+        return None
+    first = tensor_type.shape[0]
+    if isinstance(first, int) and first > 1 and first != input_batch:
+        return f"first axis {first} is not the image batch: {_NOT_FEATURE_MAPS}"
+    if isinstance(first, str) and isinstance(input_batch, str) and first != input_batch:
+        if re.search(rf"(?<![\w]){re.escape(input_batch)}(?![\w])", first) and "*" in first:
+            return f"first axis {first} is not the image batch: {_NOT_FEATURE_MAPS}"
+    return None
+
+
+def _types_at_batch_one(model: onnx.ModelProto, spec: InputSpec, candidates) -> dict[str, TensorType]:
+    """Shape inference again with the input's open batch fixed at 1 (what fmonnx feeds), when a 4-D
+    candidate's first axis is open but not the batch itself (a Reshape to ``[-1, ...]``); else {}."""
+    batch, rest = spec.shape[0], spec.shape[1:]
+    if len(spec.shape) != 4 or isinstance(batch, int) or not all(isinstance(dim, int) for dim in rest):
+        return {}
+    if not any(c.type.rank == 4 and not isinstance(c.type.shape[0], int) and c.type.shape[0] != batch
+               for c in candidates):
+        return {}
+    return infer_types(model, {spec.name: (1, *rest)})
+
+
+def _set_aside_note(set_aside: list[tuple[NamedTensor, str]]) -> str:
+    """One line for every 4-D tensor left out of the pictures (not one per tensor)."""
+    by_reason: dict[str, list[str]] = {}
+    for named, reason in set_aside:
+        by_reason.setdefault(reason, []).append(named.name)
+    parts = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        parts.append(f"{shown}: {reason}")
+    count = len(set_aside)
+    return f"{count} tensor{'s' if count != 1 else ''} not drawn ({'; '.join(parts)})"
+
+
 def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
     """Load a model and decide what to show: names, layouts, the input to feed."""
     options = options or RenderOptions()
@@ -152,13 +201,31 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         axis = {"NCHW": 1, "NHWC": 3}.get(record.layout)
         if axis is not None:
             layouts[record.output] = Layout(axis, True)
-    named = name_tensors(loaded.model, candidates, records)
+    input_batch = spec.shape[0] if input_layout.rank == 4 else None
+    at_one = _types_at_batch_one(loaded.model, spec, candidates)
+    reasons = {
+        c.tensor: r for c in candidates
+        if (r := _not_image_batch(at_one.get(c.tensor) or c.type, input_batch)) is not None
+    }
+    if len(reasons) == len(candidates):
+        shapes = ", ".join(f"{c.tensor} {list(_readable(c.type.shape))}" for c in candidates[:4])
+        raise ModelError(
+            f"every tensor chosen has a first axis that is not the image batch ({shapes}); "
+            f"{_NOT_FEATURE_MAPS}: try --ops with the ops that make the feature maps"
+        )
+    everything = name_tensors(loaded.model, candidates, records)
+    named = [n for n in everything if n.candidate.tensor not in reasons]
+    set_aside = [(n, reasons[n.candidate.tensor]) for n in everything if n.candidate.tensor in reasons]
+    if not options.all_spatial:
+        set_aside = []  # ops chose them by their op, not as spatial tensors: nothing to say
     source = _source(loaded)
     converted = conversion_record(model_path)
     if converted:
         source = {**source, **converted}
-    notes = (*skipped, *naming_notes(named))
-    return ModelPlan(_without_weights(loaded), spec, input_layout, named, layouts, source, notes)
+    notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []))
+    return ModelPlan(
+        _without_weights(loaded), spec, input_layout, named, layouts, source, notes, tuple(set_aside)
+    )
 
 
 _SMALL_INITIALIZER = 64  # elements; shape inference reads small integer initializers' values
@@ -212,13 +279,17 @@ def _types_at_size(plan: ModelPlan, size: tuple[int, int] | None) -> dict[str, T
 def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = None) -> list[dict]:
     """Each tensor that would be shown: name, op, tensor, C x H x W (from shape inference).
 
+    With ``options.all_spatial`` the 4-D tensors that are not feature maps are listed too, with
+    ``not_shown`` saying why (render leaves them out with one warning).
+
     Sizes are ints, or None where the model leaves them open; with ``options.size`` a dynamic
     H x W is fixed at that size first.
     """
     plan = plan_model(model_path, options)
     resolved = _types_at_size(plan, options.size if options else None)
+    reasons = dict((named.candidate.tensor, reason) for named, reason in plan.set_aside)
     rows = []
-    for named in plan.tensors:
+    for named in _in_graph_order(plan):
         layout = plan.layout_of(named.candidate.tensor)
         tensor_type = resolved.get(named.candidate.tensor) or named.candidate.type
         rows.append(
@@ -240,6 +311,19 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
             rows[-1]["folded_batchnorm"] = True
         if named.also_output_of:
             rows[-1]["also_output_of"] = list(named.also_output_of)
+        if named.candidate.tensor in reasons:
+            rows[-1]["not_shown"] = reasons[named.candidate.tensor]
     return rows
+
+
+def _in_graph_order(plan: ModelPlan) -> list[NamedTensor]:
+    """The plan's tensors, each set-aside one placed before the first shown tensor made after it
+    (the shown order may follow a converter's records, so it is kept as it is)."""
+    merged = list(plan.tensors)
+    for named, _ in plan.set_aside:
+        index = next((i for i, shown in enumerate(merged) if shown.candidate.node_index > named.candidate.node_index),
+                     len(merged))
+        merged.insert(index, named)
+    return merged
 
 
