@@ -150,16 +150,31 @@ def _not_image_batch(tensor_type: TensorType, input_batch) -> str | None:
     return None
 
 
-def _types_at_batch_one(model: onnx.ModelProto, spec: InputSpec, candidates) -> dict[str, TensorType]:
-    """Shape inference again with the input's open batch fixed at 1 (what fmonnx feeds), when a 4-D
-    candidate's first axis is open but not the batch itself (a Reshape to ``[-1, ...]``); else {}."""
-    batch, rest = spec.shape[0], spec.shape[1:]
-    if len(spec.shape) != 4 or isinstance(batch, int) or not all(isinstance(dim, int) for dim in rest):
+def _fixed_input(spec: InputSpec, channel_axis: int, size: tuple[int, int] | None = None) -> tuple | None:
+    """The rank-4 input shape with its open batch fixed at 1 (what fmonnx feeds) and, given ``size``,
+    its open H x W fixed at it; None when it is not rank 4 or a dim stays open."""
+    if len(spec.shape) != 4:
+        return None
+    fixed = list(spec.shape)
+    spatial = [axis for axis in (1, 2, 3) if axis != channel_axis]
+    for axis, value in ((0, 1), *(zip(spatial, size) if size else ())):
+        if not isinstance(fixed[axis], int):
+            fixed[axis] = value
+    return tuple(fixed) if all(isinstance(dim, int) for dim in fixed) else None
+
+
+def _types_at_batch_one(model: onnx.ModelProto, spec: InputSpec, channel_axis: int,
+                        candidates) -> dict[str, TensorType]:
+    """Shape inference again with the input's open batch fixed at 1, when a 4-D candidate's first axis
+    is open but not the batch itself (a Reshape to ``[-1, ...]``); else {}."""
+    batch = spec.shape[0] if spec.shape else None
+    fixed = _fixed_input(spec, channel_axis)
+    if isinstance(batch, int) or fixed is None:
         return {}
     if not any(c.type.rank == 4 and not isinstance(c.type.shape[0], int) and c.type.shape[0] != batch
                for c in candidates):
         return {}
-    return infer_types(model, {spec.name: (1, *rest)})
+    return infer_types(model, {spec.name: fixed})
 
 
 def _set_aside_note(set_aside: list[tuple[NamedTensor, str]]) -> str:
@@ -202,7 +217,7 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         if axis is not None:
             layouts[record.output] = Layout(axis, True)
     input_batch = spec.shape[0] if input_layout.rank == 4 else None
-    at_one = _types_at_batch_one(loaded.model, spec, candidates)
+    at_one = _types_at_batch_one(loaded.model, spec, input_layout.channel_axis, candidates)
     reasons = {
         c.tensor: r for c in candidates
         if (r := _not_image_batch(at_one.get(c.tensor) or c.type, input_batch)) is not None
@@ -263,17 +278,10 @@ def _readable(shape) -> list | None:
 def _types_at_size(plan: ModelPlan, size: tuple[int, int] | None) -> dict[str, TensorType]:
     """Shape inference again with a dynamic input fixed at ``size`` (H, W; batch 1), so symbolic
     sizes become the ints that input gives; {} when there is no size or nothing to fix."""
-    shape = plan.input.shape
-    if size is None or len(shape) != 4 or all(isinstance(dim, int) for dim in shape):
+    if size is None or all(isinstance(dim, int) for dim in plan.input.shape):
         return {}
-    fixed = list(shape)
-    spatial = [axis for axis in (1, 2, 3) if axis != plan.input_layout.channel_axis]
-    for axis, value in ((0, 1), (spatial[0], size[0]), (spatial[1], size[1])):
-        if not isinstance(fixed[axis], int):
-            fixed[axis] = value
-    if not all(isinstance(dim, int) for dim in fixed):
-        return {}
-    return infer_types(plan.loaded.model, {plan.input.name: tuple(fixed)})
+    fixed = _fixed_input(plan.input, plan.input_layout.channel_axis, size)
+    return infer_types(plan.loaded.model, {plan.input.name: fixed}) if fixed is not None else {}
 
 
 def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = None) -> list[dict]:

@@ -65,10 +65,9 @@ def open_session(plan: ModelPlan, options: RenderOptions | None = None):
     )
 
 
-def one_run_memory(plan: ModelPlan, shape: tuple[int, ...]) -> int | None:
-    """Bytes one run of the exposed model on an input of ``shape`` holds (fmonnx's footprint, the
-    weights twice while the session opens, every exposed tensor and the intermediates alive with
-    them), or None when shape inference cannot size the tensors."""
+def _sized(plan: ModelPlan, shape: tuple) -> tuple[dict, dict[str, int], list[str], list] | None:
+    """Shape inference at an input of ``shape``: ``(types, bytes per tensor, exposed tensor names, graph
+    sketch with weight sizes)``, or None when an exposed tensor's size stays unknown."""
     model = plan.loaded.model
     types = infer_types(model, {plan.input.name: shape})
     sizes = {name: size for name, value in types.items() if (size := tensor_bytes(value)) is not None}
@@ -79,7 +78,18 @@ def one_run_memory(plan: ModelPlan, shape: tuple[int, ...]) -> int | None:
         tensor.name: tensor_bytes(TensorType(tensor.data_type, tuple(tensor.dims))) or 0
         for tensor in model.graph.initializer
     }
-    single = plan_passes(sketch_graph(model, weight_sizes), exposed, sizes, budget=2**62, weights_held=2)
+    return types, sizes, exposed, sketch_graph(model, weight_sizes)
+
+
+def one_run_memory(plan: ModelPlan, shape: tuple[int, ...]) -> int | None:
+    """Bytes one run of the exposed model on an input of ``shape`` holds (fmonnx's footprint, the
+    weights twice while the session opens, every exposed tensor and the intermediates alive with
+    them), or None when shape inference cannot size the tensors."""
+    sized = _sized(plan, shape)
+    if sized is None:
+        return None
+    _, sizes, exposed, sketch = sized
+    single = plan_passes(sketch, exposed, sizes, budget=2**62, weights_held=2)
     return INTERPRETER_MEMORY + single[0].estimate if single else None
 
 
@@ -118,20 +128,13 @@ class Runner:
         return self._pieces[key]
 
     def _plan(self, shape: tuple) -> tuple[list[Piece], dict, dict] | None:
-        plan, model = self.plan, self.plan.loaded.model
-        types = infer_types(model, {plan.input.name: shape})
-        sizes = {name: size for name, value in types.items() if (size := tensor_bytes(value)) is not None}
-        exposed = [named.candidate.tensor for named in plan.tensors]
-        if any(name not in sizes for name in exposed):
+        sized = _sized(self.plan, shape)
+        if sized is None:
             log.debug("tensor sizes unknown at input %s; one run, no memory planning", shape)
             return None
+        types, sizes, exposed, sketch = sized
         model_bytes = self._model_bytes()
         largest = max(sizes[name] for name in exposed)
-        weight_sizes = {
-            tensor.name: tensor_bytes(TensorType(tensor.data_type, tuple(tensor.dims))) or 0
-            for tensor in model.graph.initializer
-        }
-        sketch = sketch_graph(model, weight_sizes)
         drawing = self._drawing_memory(types, largest)
         opened = self._session is not None
         # a session holds its weights once, twice while it opens
