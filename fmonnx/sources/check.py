@@ -144,18 +144,21 @@ def compare(
     for name, want in expected.items():
         want = np.asarray(want, dtype=np.float64)
         got = actual.get(name)
-        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        finite = np.abs(want[np.isfinite(want)])
+        scale = float(np.max(finite)) if finite.size else 0.0
         if got is None or np.shape(got) != want.shape:
             logger.warning(
                 "tensor %s: expected shape %s, got %s", name, want.shape, None if got is None else np.shape(got)
             )
             abs_error = rel_error = float("inf")
         else:
-            diff = np.abs(np.asarray(got, dtype=np.float64) - want)
+            got = np.asarray(got, dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.where(got == want, 0.0, np.abs(got - want))  # the same infinity on both sides agrees
             abs_error = float(np.max(diff)) if diff.size else 0.0
             if not np.isfinite(abs_error):
                 abs_error = float("inf")
             rel_error = abs_error / scale if scale > 0 else (0.0 if abs_error == 0 else float("inf"))
-        passed = abs_error <= atol + rtol * scale
+        passed = bool(np.isfinite(abs_error)) and abs_error <= atol + rtol * scale
         layers.append(LayerError(name, tensors.get(name, name), tuple(want.shape), abs_error, rel_error, scale, passed))
     return CheckReport(rtol, atol, seed, list(input_shapes or []), layers)

@@ -79,9 +79,7 @@ def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[
         problems.append(f"{named.name}: output has shape {list(raw.shape)}; first axis {raw.shape[0]} is not the "
                         "image batch: window or head batches are not feature maps; not drawn")
         return None
-    layout = plan.layout_of(named.candidate.tensor)
-    if not layout.certain:
-        problems.append(f"{named.name}: the graph does not prove its channel axis; drawn as {layout.name}")
+    layout = plan.layout_of(named.candidate.tensor)  # an unproven one is said once, in plan.notes
     return LayerActivation(named, _to_chw(raw, layout), tuple(raw.shape), layout)
 
 

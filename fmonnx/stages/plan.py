@@ -190,6 +190,14 @@ def _set_aside_note(set_aside: list[tuple[NamedTensor, str]]) -> str:
     return f"{count} tensor{'s' if count != 1 else ''} not drawn ({'; '.join(parts)})"
 
 
+def _unproven_note(names: list[str]) -> str:
+    """One line for every layer whose channel axis the graph does not prove (not one per layer)."""
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    count = len(names)
+    return (f"{count} layer{'s' if count != 1 else ''}: the graph does not prove the channel axis, drawn as NCHW "
+            f"and marked in the manifest (layout_certain false): {shown}")
+
+
 def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
     """Load a model and decide what to show: names, layouts, the input to feed."""
     options = options or RenderOptions()
@@ -212,10 +220,14 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         order = {name: index for index, name in enumerate(recorded)}
         candidates.sort(key=lambda c: order.get(c.tensor, len(order)))
     layouts = channel_axes(loaded.model, types, input_layout)
-    for record in records:  # the converter knows each Keras layer output's layout, even past a Reshape
-        axis = {"NCHW": 1, "NHWC": 3}.get(record.layout)
-        if axis is not None:
-            layouts[record.output] = Layout(axis, True)
+    source = _source(loaded)
+    if source.get("framework") != "pytorch":
+        # the Keras converter knows each layer output's layout, even past a Reshape; a PyTorch module's
+        # output has no declared layout, so the graph's proof is the only one (older conversions said NCHW)
+        for record in records:
+            axis = {"NCHW": 1, "NHWC": 3}.get(record.layout)
+            if axis is not None:
+                layouts[record.output] = Layout(axis, True)
     input_batch = spec.shape[0] if input_layout.rank == 4 else None
     at_one = _types_at_batch_one(loaded.model, spec, input_layout.channel_axis, candidates)
     reasons = {
@@ -233,11 +245,12 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     set_aside = [(n, reasons[n.candidate.tensor]) for n in everything if n.candidate.tensor in reasons]
     if not options.all_spatial:
         set_aside = []  # ops chose them by their op, not as spatial tensors: nothing to say
-    source = _source(loaded)
     converted = conversion_record(model_path)
     if converted:
         source = {**source, **converted}
-    notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []))
+    unproven = [n.name for n in named if not (layouts.get(n.candidate.tensor) or Layout(1, False)).certain]
+    notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []),
+             *([_unproven_note(unproven)] if unproven else []))
     return ModelPlan(
         _without_weights(loaded), spec, input_layout, named, layouts, source, notes, tuple(set_aside)
     )

@@ -33,8 +33,9 @@ def check_conversion(
     """Run ``tap`` and ``onnx_model`` on the same seeded input; compare outputs and every record's layer.
 
     ``records`` are the ``fmonnx.layers`` entries; the tap's ``calls`` after
-    this run must name the same layers (a model whose control flow differs
-    between runs cannot be checked, and fails).
+    this run must name the same layers, as calls or as their ``also_output_of``
+    (an eager Dropout returns its input, a traced one may not; a model whose
+    control flow differs between runs cannot be checked, and fails).
     """
     import onnxruntime
 
@@ -47,7 +48,8 @@ def check_conversion(
             f"PyTorch could not run {label} on the check's random input: {first_line(exc)}; "
             "rerun with --no-check (check=False) to skip the check"
         ) from exc
-    by_layer = {call.layer: call.output for call in tap.calls}
+    by_layer = {name: call.output for call in tap.calls for name in call.also_output_of}
+    by_layer.update({call.layer: call.output for call in tap.calls})
     graph_outputs = [value.name for value in onnx_model.graph.output]
     expected: dict[str, np.ndarray] = {}
     tensors: dict[str, str] = {}

@@ -25,7 +25,8 @@ The converted model's ``metadata_props``:
 - ``fmonnx.layers``: JSON list in call order, one object per recorded module
   call (tap.py says which): ``{"layer": "layer1.0.relu#2", "class": "ReLU",
   "output": "<tensor holding the call's output>", "layout": "NCHW",
-  "also_output_of": ["layer1.0", "layer1"]}`` (the containers that returned
+  "also_output_of": ["layer1.0", "layer1"]}`` (``layout`` as the graph proves it
+  from the N,C,H,W input, absent when it does not; the containers that returned
   the same tensor, innermost first; for a module shared by several paths,
   first its own name, e.g. ``blocks.0.act#3`` beside ``blocks.2.act``;
   absent when none).
@@ -216,6 +217,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
             "%s: the exporter could not convert to opset %d; the ONNX model has opset %d", label, opset, exported.opset
         )
     onnx_model, layers = _map_layers(exported.model, tap, label)
+    _prove_layouts(onnx_model, layers, label)
     source = {
         "framework": "pytorch",
         "torch_version": torch.__version__,
@@ -269,9 +271,65 @@ def _map_layers(model: onnx.ModelProto, tap, label: str) -> tuple[onnx.ModelProt
     named = name_graph(model, renamed)
     final = [value.name for value in named.graph.output]
     layers = []
+    by_value: dict[str, dict] = {}
+    merged: set[str] = set()
+    producers = {output: node for node in named.graph.node for output in node.output}
     for call in tap.calls:
-        record = {"layer": call.layer, "class": call.class_name, "output": final[call.output], "layout": "NCHW"}
+        value = _through_identities(producers, final[call.output])
+        earlier = by_value.get(value)
+        if earlier is not None:  # a traced Dropout or Identity: the same values under a second name
+            earlier.setdefault("also_output_of", []).extend([call.layer, *call.also_output_of])
+            merged.add(final[call.output])
+            continue
+        record = {"layer": call.layer, "class": call.class_name, "output": final[call.output]}
         if call.also_output_of:
             record["also_output_of"] = list(call.also_output_of)
+        by_value[value] = record
         layers.append(record)
+    _drop_outputs(named.graph, merged)
     return named, layers
+
+
+def _prove_layouts(model: onnx.ModelProto, layers: list[dict], label: str) -> None:
+    """Set each record's ``layout`` to what the graph proves from the N,C,H,W input, as render does.
+
+    A module's 4-D output is not N,C,H,W by nature: ConvNeXt and Swin blocks work on N,H,W,C, a
+    ViT's heads on heads x tokens x dims. Unproven records get no layout, and render says so.
+    """
+    from fmonnx.stages.layout import Layout, channel_axes
+    from fmonnx.stages.shapes import infer_types
+
+    layouts = channel_axes(model, infer_types(model), Layout(1, True))
+    unproven = []
+    for record in layers:
+        layout = layouts.get(record["output"])
+        if layout is not None and layout.certain:
+            record["layout"] = layout.name
+        else:
+            unproven.append(record["layer"])
+    if unproven:
+        shown = ", ".join(unproven[:4]) + (f" and {len(unproven) - 4} more" if len(unproven) > 4 else "")
+        logger.info("%s: the graph does not prove the channel axis of %d layers (%s)", label, len(unproven), shown)
+
+
+def _through_identities(producers: dict[str, onnx.NodeProto], name: str) -> str:
+    """The tensor ``name`` copies through a chain of Identity nodes (``name`` itself when none)."""
+    seen = set()
+    while name in producers and producers[name].op_type == "Identity" and name not in seen:
+        seen.add(name)
+        name = producers[name].input[0]
+    return name
+
+
+def _drop_outputs(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the graph outputs ``names``, and the Identity nodes that only made them."""
+    if not names:
+        return
+    kept = [value for value in graph.output if value.name not in names]
+    del graph.output[:]
+    graph.output.extend(kept)
+    read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    nodes = [node for node in graph.node
+             if not (node.op_type == "Identity" and node.output[0] in names and node.output[0] not in read)]
+    del graph.node[:]
+    graph.node.extend(nodes)

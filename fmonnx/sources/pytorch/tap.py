@@ -61,6 +61,20 @@ class ModuleCall:
     also_output_of: list[str] = field(default_factory=list)
 
 
+class RunRecord:
+    """The calls and output count of the tapped module's last forward.
+
+    Kept in an object of its own because torch.export restores a module's
+    plain attributes (lists included) after tracing, while an object that is
+    not a container is restored as itself: the calls of the traced run, the
+    ones the exported graph's outputs follow, stay readable.
+    """
+
+    def __init__(self):
+        self.calls: list[ModuleCall] = []
+        self.output_count = 0
+
+
 _CLASSES: dict = {}
 
 
@@ -85,8 +99,7 @@ def _tap_class(torch):
             super().__init__()
             self.model = model
             self.classes = classes
-            self.calls: list[ModuleCall] = []
-            self.output_count = 0
+            self.last_run = RunRecord()
             # each submodule once, with all its paths, the first being the one named_modules() keeps. Found here,
             # not in forward: under torch.export every attribute access makes a new proxy, so none looks shared
             found: dict[int, tuple[object, list[str]]] = {}
@@ -152,9 +165,17 @@ def _tap_class(torch):
             for entry in calls:
                 if entry.output < 0:
                     entry.output = len(outputs) + (-entry.output - 1)
-            self.calls = calls
-            self.output_count = len(outputs)
+            self.last_run.calls = calls
+            self.last_run.output_count = len(outputs)
             return (*outputs, *copies)
+
+        @property
+        def calls(self) -> list[ModuleCall]:
+            return self.last_run.calls
+
+        @property
+        def output_count(self) -> int:
+            return self.last_run.output_count
 
         def class_of(self, path: str) -> str:
             """The class name of the submodule at ``path`` (``Conv2d``)."""
