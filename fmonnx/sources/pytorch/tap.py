@@ -3,7 +3,7 @@
 ``tapped(torch, model)`` wraps ``model`` in a module whose forward runs the
 model with a forward hook on every submodule and returns::
 
-    (*model outputs (tensors, pytree order), *one copy per recorded call)
+    (*model outputs (tensors, pytree order), *each recorded call's output)
 
 so that ``torch.export`` makes each module's output a graph output (the ONNX
 optimizer can then fold nothing away: a BatchNorm stays after its Conv).
@@ -26,10 +26,13 @@ call returned unchanged. A container that returns its last child's output
 (``layer1``, ``layer1.0``) is not a layer of its own: its name is kept as an
 ``also_output_of`` of the call that made the tensor (hooks fire child first, so the
 innermost call owns the tensor). A module that returns its input unchanged
-(``nn.Identity`` on the image) records nothing. In-place ops are handled: each
-output is copied when its hook fires, and a tensor changed in place since an
-earlier call counts as a new tensor (``_version``), so ``bn1`` followed by
-``ReLU(inplace=True)`` gives two layers with their own values.
+(``nn.Identity`` on the image) records nothing. In-place ops are handled: a
+tensor changed in place since an earlier call counts as a new tensor
+(``_version``), so ``bn1`` followed by ``ReLU(inplace=True)`` gives two
+layers with their own values. The first run copies every output when its
+hook fires; later runs (the traced one among them) copy only the outputs
+the first run saw changed in place, and return the others as they are: a
+copy per call doubled the traced graph and the export's time.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def _tap_class(torch):
             self.model = model
             self.classes = classes
             self.last_run = RunRecord()
+            self.copied: set[tuple[str, int]] | None = None  # calls whose output changes in place; None: all
             # each submodule once, with all its paths, the first being the one named_modules() keeps. Found here,
             # not in forward: under torch.export every attribute access makes a new proxy, so none looks shared
             found: dict[int, tuple[object, list[str]]] = {}
@@ -110,6 +114,7 @@ def _tap_class(torch):
 
         def forward(self, *inputs):
             seen: list[tuple[str, int, object, int, object, str]] = []  # path, call, tensor, version, copy, own
+            copied = self.copied
             counts: dict[str, int] = {}
             own_counts: dict[str, int] = {}  # calls of each module instance by its first path, whatever the path
             running: list[str] = []  # paths of the module calls whose forward is running, outermost first
@@ -126,7 +131,8 @@ def _tap_class(torch):
                     own_counts[paths[0]] = own = own_counts.get(paths[0], 0) + 1
                     if isinstance(output, torch.Tensor) and output.dim() == 4 and output.is_floating_point():
                         own_name = call_name(paths[0], own)
-                        seen.append((path, call, output, output._version, output.detach().clone(), own_name))
+                        copy = output.detach().clone() if copied is None or (path, call) in copied else None
+                        seen.append((path, call, output, output._version, copy, own_name))
 
                 return enter, record
 
@@ -158,13 +164,17 @@ def _tap_class(torch):
                 unchanged = tensor._version == version
                 index = next((i for i, out in enumerate(outputs) if out is tensor and unchanged), None)
                 if index is None:
-                    copies.append(copy)
+                    if copy is None and not unchanged:
+                        raise RuntimeError(f"{name}'s output was changed in place in this run only")
+                    copies.append(tensor if copy is None else copy)
                     index = -len(copies)  # fixed below, once the outputs are counted
                 entry.output = index
                 calls.append(entry)
             for entry in calls:
                 if entry.output < 0:
                     entry.output = len(outputs) + (-entry.output - 1)
+            if self.copied is None:
+                self.copied = {(path, call) for path, call, tensor, version, _, _ in seen if tensor._version != version}
             self.last_run.calls = calls
             self.last_run.output_count = len(outputs)
             return (*outputs, *copies)
