@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -309,6 +310,29 @@ def test_folded_batchnorm_signal():
     weight_only = _chain_model(["/conv/Conv", "/relu/Relu"], {}, biases={0: "conv.bias"})
     assert _names(weight_only) == [("conv", False), ("relu", False)]
     assert _names(_chain_model(["/conv/Conv", "/relu/Relu"], {})) == [("conv", False), ("relu", False)]
+
+
+def test_folded_batchnorm_behind_a_merged_constant(tmp_path):
+    """Fresh BatchNorms fold to equal biases; the TorchScript exporter keeps one and feeds the other Conv
+    through an Identity of it. Both Convs hold a BatchNorm, and both are flagged."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+    path = tmp_path / "twice.onnx"
+    torch.onnx.export(Twice().eval(), (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17)
+    graph = onnx.load(path).graph
+    assert any(node.op_type == "Identity" for node in graph.node)  # the merged bias this test is about
+    rows = {row["name"]: row for row in fmonnx.list_layers(path)}
+    assert rows["conv1"]["folded_batchnorm"] is True
+    assert rows["conv2"]["folded_batchnorm"] is True
 
 
 def test_dynamo_calls_are_runs_of_one_scope():

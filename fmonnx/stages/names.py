@@ -280,6 +280,10 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
             consumers[name].append(index)
     graph_outputs = {output.name for output in graph.output}
     initializers = {tensor.name for tensor in graph.initializer}
+    # the TorchScript exporter keeps one copy of equal constants (fresh BatchNorms fold to equal biases) and
+    # feeds the other Convs through an Identity of it
+    copied = {node.output[0]: node.input[0] for node in graph.node
+              if node.op_type == "Identity" and node.input and node.input[0] in initializers}
     dynamo = any(prop.key == _SCOPES_KEY for node in graph.node for prop in node.metadata_props)
     member = [set(node_calls) for node_calls in calls]
     # A dynamo Conv with a BatchNorm fused in carries the BatchNorm's scopes; its weight keeps the Conv's
@@ -299,7 +303,9 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
     for candidate in candidates:
         node = graph.node[candidate.node_index]
         props = _props(node)
-        folded = _folded_batchnorm(model, node, props, dynamo) and all(name in initializers for name in node.input[1:3])
+        folded = _folded_batchnorm(model, node, props, dynamo) and all(
+            copied.get(name, name) in initializers for name in node.input[1:3]
+        )
         chain = calls[candidate.node_index]
         if not chain:
             raw = node.name or candidate.tensor
