@@ -281,7 +281,8 @@ def expose_outputs(model: onnx.ModelProto, candidates: list[Candidate]) -> onnx.
 
 
 def exposed_suffix(model: onnx.ModelProto, candidates: list[Candidate]) -> bytes:
-    """Bytes that, appended to the serialized ``model``, add the candidates' tensors as graph outputs.
+    """Bytes that, appended to the serialized ``model``, add the candidates' tensors as graph outputs
+    (and the nodes the plan appended to ``model`` to draw token tensors, see tokens.py).
 
     Costs a file copy instead of a copy and a serialization of the whole model
     (0.3 s and two model sizes of memory on a ResNet-50). Tensors that are
@@ -289,7 +290,13 @@ def exposed_suffix(model: onnx.ModelProto, candidates: list[Candidate]) -> bytes
     declared (dims left open), so onnxruntime reports the real shapes and
     never rejects a run over an inferred size.
     """
+    from .tokens import added_nodes
+
     extra = onnx.ModelProto()
+    # nodes the plan appended (token maps) are not in the file: graph order is kept by appending them last
+    added = added_nodes(model)
+    if added:  # touching extra.graph alone would make the suffix non-empty, and the session load a copy
+        extra.graph.node.extend(added)
     present = {output.name for output in model.graph.output}
     for candidate in candidates:
         if candidate.tensor not in present:

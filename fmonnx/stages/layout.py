@@ -8,7 +8,11 @@ moves the channel axis by its ``perm``; element-wise ops, normalizations
 keep their dims keep their input's layout; a MatMul of a channels-last tensor
 by a 2-D [C, C'] weight mixes only the channels, so it stays channels-last.
 Sizes are never used to guess, except for the image input itself, whose
-channel axis is the one of size 1, 3 or 4.
+channel axis is the one of size 1, 3 or 4. Transformer tokens (rank 3) whose
+tokens are a 4-D tensor's pixels are followed alongside (tokens.py), and so is
+what each axis holds through Reshapes and Transposes of any rank (axes.py), so
+an image reshaped through 6-D tensors and back (Swin's patch merging, window
+reverse; MobileViT's fold) is proven an image again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import ModelError
+from . import axes as axis_algebra
 from .shapes import TensorType
 
 __all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "IMAGE_CHANNELS"]
@@ -56,6 +61,8 @@ _REDUCE_OPS = frozenset(
         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
     }
 )
+# Ops that only reshape: the elements stay in row-major order, so their static shapes say where each goes.
+_RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 # Only the first output is the normalized tensor; the others are statistics or masks.
 _FIRST_OUTPUT_OPS = frozenset({"MaxPool", "Dropout", "BatchNormalization", "LayerNormalization"})
 
@@ -139,9 +146,20 @@ def channel_axes(
     model: onnx.ModelProto,
     types: dict[str, TensorType],
     input_layout: Layout | None,
+    grids: dict | None = None,
 ) -> dict[str, Layout]:
-    """Propagate channel axes through the graph; returns a Layout for every 4-D tensor reached."""
+    """Propagate channel axes through the graph; returns a Layout for every 4-D tensor reached.
+
+    ``grids``, when given, is filled with the ``tokens.TokenGrid`` of every rank-3 token tensor whose
+    tokens are proven to be a 4-D tensor's pixels (see tokens.py); tokens reshaped back to (N, h, w, C)
+    get that layout.
+    """
+    from .expose import _Graph
+    from .tokens import step
+
     graph = model.graph
+    grids = {} if grids is None else grids
+    constants = _Graph(graph)
     layouts: dict[str, Layout] = {}
     initializers = {tensor.name for tensor in graph.initializer}
     image_inputs = [value.name for value in graph.input if value.name not in initializers]
@@ -153,6 +171,21 @@ def channel_axes(
     def rank(name: str) -> int | None:
         tensor_type = types.get(name)
         return tensor_type.rank if tensor_type else initializer_ranks.get(name)
+
+    # What each axis holds (axes.py), only while propagating: users see 4-D Layouts alone.
+    atoms: dict[str, axis_algebra.Axes] = {}
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        tensor_type = types.get(name)
+        return axis_algebra.static_shape(tensor_type.shape) if tensor_type else None
+
+    def axes(name: str) -> axis_algebra.Axes | None:
+        if name in atoms:
+            return atoms[name]
+        layout, static = layouts.get(name), shape(name)
+        if layout is None or not layout.certain or layout.rank != 4 or static is None:
+            return None
+        return axis_algebra.seed(static, layout.channel_axis)
 
     for node in graph.node:
         op = node.op_type
@@ -182,6 +215,15 @@ def channel_axes(
             source = layouts.get(node.input[0])
             if source is not None and source.channel_axis == source.rank - 1 and rank(node.input[1]) == 2:
                 result = source
+        made, shaped = step(node, layouts, grids, types, constants.value)
+        grids.update(made)
+        layouts.update(shaped)
+        moved = _follow_atoms(node, axes, shape, rank)
+        if moved is not None and node.output[0]:
+            atoms[node.output[0]] = moved
+            if result is None and op in _RESHAPE_OPS | {"Transpose"} and node.output[0] not in shaped:
+                channel = axis_algebra.image_layout(moved)
+                result = Layout(channel, True) if channel is not None else None
         if result is None:
             continue
         outputs = node.output[:1] if op in _FIRST_OUTPUT_OPS else node.output
@@ -189,3 +231,29 @@ def channel_axes(
             if output and rank(output) in (4, None):
                 layouts[output] = result
     return layouts
+
+
+def _follow_atoms(node: onnx.NodeProto, axes, shape, rank) -> axis_algebra.Axes | None:
+    """The atoms of ``node``'s first output from those of its inputs (``axes(name)``), or None."""
+    op = node.op_type
+    if not node.input or not node.output:
+        return None
+    out = shape(node.output[0])
+    if out is None:
+        return None
+    if op in _RESHAPE_OPS:
+        source = axes(node.input[0])
+        return axis_algebra.reshape(source, out) if source is not None and shape(node.input[0]) else None
+    if op == "Transpose":
+        source = axes(node.input[0])
+        return axis_algebra.transpose(source, _transpose_perm(node)) if source is not None else None
+    if op == "MatMul" and len(node.input) == 2 and rank(node.input[1]) == 2:
+        source = axes(node.input[0])
+        return axis_algebra.contract_last(source, out[-1]) if source is not None and len(source) == len(out) else None
+    if op in _LAYOUT_PRESERVING_OPS:
+        # every axis where it was: an input of the output's own sizes (not one broadcast up to them)
+        for name in node.input:
+            source = axes(name) if name and shape(name) == out else None
+            if source is not None:
+                return source
+    return None

@@ -27,6 +27,7 @@ from .metadata import LAYERS_KEY, LayerRecord, read_layer_metadata, read_source_
 from .names import NamedTensor, name_tensors, naming_notes
 from .preprocess import InputSpec
 from .shapes import TensorType, infer_types
+from .tokens import NOT_A_GRID, TokenGrid, choose_tokens, map_candidate, not_grid_tensors
 
 __all__ = ["ModelPlan", "plan_model", "list_layers", "demo_paths"]
 
@@ -102,10 +103,10 @@ def _source(loaded: LoadedModel) -> dict:
 
 
 def _recorded_tensors(
-    records: list[LayerRecord], types: dict[str, TensorType], label: str, ops_given: bool
+    records: list[LayerRecord], types: dict[str, TensorType], label: str, ops_given: bool, grids=()
 ) -> tuple[tuple[str, ...], list[str]]:
     """The tensors the converter recorded, in layer order (a layer's inner tensors before its output),
-    less those shape inference proves are not 4-D; and a note for each left out.
+    less those shape inference proves are not 4-D or token ``grids``; and a note for each left out.
 
     Raises ModelError when every recorded tensor is left out and nothing else was asked for (``ops_given``).
     """
@@ -113,7 +114,7 @@ def _recorded_tensors(
     for record in records:
         for name in (*record.inner, record.output):
             rank = types[name].rank if name in types else None
-            if rank is None or rank == 4:
+            if rank is None or rank == 4 or name in grids:
                 kept.append(name)
             else:
                 shape = "[" + ", ".join("?" if dim is None else str(dim) for dim in _readable(types[name].shape)) + "]"
@@ -213,13 +214,26 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
         )
     records = read_layer_metadata(loaded.model, loaded.path.name)
     given = options.ops is not None or options.all_spatial
-    recorded, skipped = _recorded_tensors(records, types, loaded.path.name, given)
+    grids: dict[str, TokenGrid] = {}
+    layouts = channel_axes(loaded.model, types, input_layout, grids)
+    recorded, skipped = _recorded_tensors(records, types, loaded.path.name, given, grids)
     ops = options.ops if options.ops is not None else (() if recorded else DEFAULT_OPS)
-    candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
+    by_default = options.ops is None and not options.all_spatial  # converters record 4-D outputs only: no tokens
+    tokens, not_grids = choose_tokens(loaded.model, types, grids, layouts, ops, options.all_spatial, by_default)
+    try:
+        candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
+    except ModelError:
+        if not tokens:
+            raise
+        candidates = []  # a model of tokens alone: its maps are all there is
+    chosen = {c.tensor for c in candidates}
+    candidates += [c for c in tokens if c.tensor not in chosen]
+    if options.all_spatial:
+        candidates += not_grids
+    candidates.sort(key=lambda c: c.node_index)
     if recorded and options.ops is None:
         order = {name: index for index, name in enumerate(recorded)}
         candidates.sort(key=lambda c: order.get(c.tensor, len(order)))
-    layouts = channel_axes(loaded.model, types, input_layout)
     source = _source(loaded)
     if source.get("framework") != "pytorch":
         # the Keras converter knows each layer output's layout, even past a Reshape; a PyTorch module's
@@ -230,9 +244,11 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
                 layouts[record.output] = Layout(axis, True)
     input_batch = spec.shape[0] if input_layout.rank == 4 else None
     at_one = _types_at_batch_one(loaded.model, spec, input_layout.channel_axis, candidates)
+    not_grid = not_grid_tensors(loaded.model, grids, layouts, types)
     reasons = {
         c.tensor: r for c in candidates
-        if (r := _not_image_batch(at_one.get(c.tensor) or c.type, input_batch)) is not None
+        if (r := NOT_A_GRID if c.tensor in not_grid else _not_image_batch(at_one.get(c.tensor) or c.type, input_batch))
+        is not None
     }
     if len(reasons) == len(candidates):
         shapes = ", ".join(f"{c.tensor} {list(_readable(c.type.shape))}" for c in candidates[:4])
@@ -241,6 +257,13 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
             f"{_NOT_FEATURE_MAPS}: try --ops with the ops that make the feature maps"
         )
     everything = name_tensors(loaded.model, candidates, records)
+    added: list[onnx.NodeProto] = []
+    for index, named in enumerate(everything):
+        grid = grids.get(named.candidate.tensor)
+        if grid is not None and named.candidate.tensor not in reasons:
+            everything[index], nodes = map_candidate(named, grid, types, layouts)
+            layouts[everything[index].candidate.tensor] = Layout(3, True)
+            added += nodes
     named = [n for n in everything if n.candidate.tensor not in reasons]
     set_aside = [(n, reasons[n.candidate.tensor]) for n in everything if n.candidate.tensor in reasons]
     if not options.all_spatial:
@@ -251,8 +274,10 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     unproven = [n.name for n in named if not (layouts.get(n.candidate.tensor) or Layout(1, False)).certain]
     notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []),
              *([_unproven_note(unproven)] if unproven else []))
+    light = _without_weights(loaded)
+    light.model.graph.node.extend(added)  # the token maps' nodes: expose.exposed_suffix carries them to sessions
     return ModelPlan(
-        _without_weights(loaded), spec, input_layout, named, layouts, source, notes, tuple(set_aside)
+        light, spec, input_layout, named, layouts, source, notes, tuple(set_aside)
     )
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .tokens import added_nodes
+
 __all__ = ["STATISTICS", "ReducedLayer", "reduction_suffix", "model_opset"]
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def reduction_suffix(
     flat_shape, axes = f"{_PREFIX}/flat_shape", f"{_PREFIX}/axes"
     graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), flat_shape))
     graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
-    nodes: list[onnx.NodeProto] = []
+    nodes: list[onnx.NodeProto] = added_nodes(model)  # the plan's token-map nodes are not in the file
     reduced = []
     for index, (tensor, channel_axis, elem_type) in enumerate(layers):
         base = f"{_PREFIX}/{index}"

@@ -223,6 +223,7 @@ class Runner:
             folder = Path(self._folder.name) / uuid.uuid4().hex[:8]
             folder.mkdir()
             weights = onnx.load(str(loaded.path), load_external_data=False)
+            weights.MergeFromString(exposed_suffix(loaded.model, []))  # the plan's appended nodes (token maps)
             files = self._files[tuple(tensor.shape)] = write_pieces(weights, pieces, types, folder)
             del weights
             release_memory()
