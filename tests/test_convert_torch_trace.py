@@ -166,3 +166,30 @@ def test_convert_proves_each_layout_from_the_graph(tmp_path, write_image):
         assert len(unproven_lines) == 1 and "attn.q_norm" in unproven_lines[0]
     else:  # set aside as not a feature map: nothing drawn on a guessed axis
         assert not unproven_lines
+
+
+class PicksBoxes(nn.Module):
+    """A detector's post-processing in miniature: how many values pass a threshold decides the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        kept = torch.nonzero(y.flatten() > 0)
+        if kept.shape[0] > 10:
+            return y * 2
+        return y
+
+
+def test_a_module_with_data_dependent_shapes_gets_one_short_line():
+    from fmonnx.errors import ConversionError
+
+    with pytest.raises(ConversionError) as caught:
+        fmonnx.convert(seeded(PicksBoxes()), torch.rand(1, 3, 16, 16))
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "data-dependent" in message and "PicksBoxes" in message
+    assert "u0" not in message  # torch's unbacked symbols and guards mean nothing to the user
+    assert "dynamo=False" in message  # what to do instead

@@ -46,6 +46,12 @@ def first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+def _data_dependent(exc: BaseException) -> bool:
+    """Whether torch.export failed on a shape that depends on tensor values (its message is a page of sympy)."""
+    text = f"{type(exc).__name__} {str(exc)[:2000]}"
+    return "DataDependent" in text or "data-dependent" in text
+
+
 def _runs_at_another_size(model: onnx.ModelProto, shape: tuple[int, ...]) -> bool:
     import numpy as np
     import onnxruntime
@@ -92,6 +98,12 @@ def export_onnx(torch, tap, example, opset: int, label: str, dynamic: bool = Tru
             with torch.no_grad():
                 program = torch.export.export(tap, (example,), dynamic_shapes=shapes)
         except Exception as exc:  # noqa: BLE001 - tracing runs the model's own code; the user needs the reason
+            if _data_dependent(exc):
+                raise ConversionError(
+                    f"torch.export could not trace {label}: its shapes depend on the values it computes "
+                    "(data-dependent control flow, as in a detector's box selection); convert its backbone, "
+                    "or export it with torch.onnx.export(dynamo=False) and render the .onnx file"
+                ) from exc
             raise ConversionError(
                 f"torch.export could not trace {label} on an input of shape {list(example.shape)}: "
                 f"{first_line(exc)}; make sure model(example_input) runs, or pass another example_input"
