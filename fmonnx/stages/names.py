@@ -31,9 +31,15 @@ Each node is placed in the module calls it ran in, outermost first:
   ``['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']``, module paths then
   the FX node's name. Nothing records which call a node belongs to, so a call
   is a run of consecutive nodes in one scope (the graph is in execution
-  order); a call the optimizer removed entirely (``relu(relu(x))``) shifts the
-  numbers of later calls, and two calls with no node between them merge
-  (heuristic).
+  order). A run restarts where a node begins the call again (the call's first
+  op, same inner modules) fed a tensor of the call used outside the module:
+  SPPF's ``m(m(m(x)))`` with every pool concatenated is ``m``, ``m#2``, ``m#3``.
+  A scope ``x_<n>`` after ``x``, of its class and with no parameter under it,
+  is call n+1 of ``x``. A call the optimizer removed entirely (``relu(relu(x))``)
+  shifts the numbers of later calls, and two calls with no node between them
+  merge when the first one's output is used only by the second (heuristic).
+  Nodes the optimizer made carry no record (a Split for ``chunk``); a tensor
+  used by one is used where that node's outputs are.
 
 A tensor takes a module's bare name only when it is that call's output: made
 by a node of the call (sub-modules included) and used outside it, or a graph
@@ -216,29 +222,50 @@ class _TorchName:
     class_name: str | None
 
 
+def _owner_paths(graph: onnx.GraphProto) -> frozenset[str]:
+    """Every module path a named parameter lies under: ``a.b.weight`` gives ``a`` and ``a.b``."""
+    owners = set()
+    for tensor in graph.initializer:
+        parts = tensor.name.split(".")
+        owners.update(".".join(parts[:end]) for end in range(1, len(parts)))
+    return frozenset(owners)
+
+
+def _dynamo_levels(graph: onnx.GraphProto, props: list[dict[str, str]]) -> list[list[tuple[str, str]] | None]:
+    """Per node, ``(scope as written, module path)`` outermost first (None: no record). A scope ``x_<n>`` is a
+    later call of ``x`` when ``x`` is a module met before it and ``x_<n>`` is no module of its own (no parameter
+    under it, and the same class as ``x``); its children are renamed with it."""
+    owners = _owner_paths(graph)
+    seen: dict[str, str | None] = {}  # a module path met so far -> its class
+    levels: list[list[tuple[str, str]] | None] = []
+    for node_props in props:
+        paths = _dynamo_paths(node_props)
+        if paths is None:
+            levels.append(None)
+            continue
+        classes = _class_names(node_props)
+        node_levels: list[tuple[str, str]] = []
+        for index, written in enumerate(paths):
+            path = written
+            if node_levels and written.startswith(node_levels[-1][0] + "."):
+                path = node_levels[-1][1] + written[len(node_levels[-1][0]):]
+            kind = classes[index] if index < len(classes) else None
+            match = _CALL_SUFFIX.match(path)
+            if match and match.group(1) in seen and path not in owners and seen[match.group(1)] == kind:
+                path = match.group(1)
+            seen.setdefault(path, kind)
+            node_levels.append((written, path))
+        levels.append(node_levels)
+    return levels
+
+
 def _torch_calls(model: onnx.ModelProto) -> list[list[tuple[str, int]]] | None:
     """For each node, the module calls it ran in, outermost first, as ``(path, call)``
     with ``call`` counted from 1; None when the model was not made by torch.onnx.export."""
     graph = model.graph
     props = [_props(node) for node in graph.node]
     if any(_SCOPES_KEY in p for p in props):
-        calls: list[list[tuple[str, int]]] = []
-        counts: dict[str, int] = defaultdict(int)
-        current: list[tuple[str, int]] = []
-        for node_props in props:
-            paths = _dynamo_paths(node_props)
-            if paths is None:  # no record: in no module, and no break in the runs around it
-                calls.append([])
-                continue
-            kept = 0
-            while kept < min(len(current), len(paths)) and current[kept][0] == paths[kept]:
-                kept += 1
-            current = current[:kept]
-            for path in paths[kept:]:
-                counts[path] += 1
-                current.append((path, counts[path]))
-            calls.append(list(current))
-        return calls
+        return _dynamo_calls(graph, props)
     if not any(node.name.startswith("/") for node in graph.node):
         return None
     scopes = [_script_scopes(node.name) if node.name.startswith("/") else [] for node in graph.node]
@@ -256,6 +283,79 @@ def _torch_calls(model: onnx.ModelProto) -> list[list[tuple[str, int]]] | None:
                 numbers[key] = counts[path]
             node_calls.append((path, numbers[key]))
         calls.append(node_calls)
+    return calls
+
+
+def _leaves(tensor: str, inside, consumers: dict[str, list[int]], graph: onnx.GraphProto,
+            recorded: list[bool], outputs: set[str]) -> bool:
+    """Whether ``tensor`` is used where ``inside(node)`` is false or is a graph output. A node with no record
+    (the optimizer's: a Split made of split_with_sizes and getitem) is seen through to its own users."""
+    todo, done = [tensor], set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        if name in outputs:
+            return True
+        for user in consumers.get(name, []):
+            if not recorded[user]:
+                todo.extend(graph.node[user].output)
+            elif not inside(user):
+                return True
+    return False
+
+
+def _dynamo_calls(graph: onnx.GraphProto, props: list[dict[str, str]]) -> list[list[tuple[str, int]]]:
+    """Dynamo calls: a run of nodes in one scope is a call, and a run restarts (a repeated call with no node
+    between, SPPF's ``m(m(m(x)))``) at a node that begins the call again: the call's first op with the same
+    inner modules, fed a tensor of the call that is used outside the module (the earlier call's output)."""
+    levels = _dynamo_levels(graph, props)
+    recorded = [node_levels is not None for node_levels in levels]
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            consumers[name].append(index)
+    outputs = {output.name for output in graph.output}
+
+    def written(index: int) -> tuple[str, ...]:
+        return tuple(scope for scope, _ in levels[index] or [])
+
+    def restarts(index: int, level: int, first: int, made: set[str]) -> bool:
+        node, start = graph.node[index], graph.node[first]
+        if node.op_type != start.op_type or written(index)[level + 1:] != written(first)[level + 1:]:
+            return False
+        scope = written(first)[: level + 1]
+        return any(
+            name in made and _leaves(name, lambda user: written(user)[: level + 1] == scope,
+                                     consumers, graph, recorded, outputs)
+            for name in node.input
+        )
+
+    calls: list[list[tuple[str, int]]] = []
+    counts: dict[str, int] = defaultdict(int)
+    current: list[tuple[str, int]] = []
+    scopes: list[str] = []  # the open calls' scopes as written
+    firsts: list[int] = []  # the open calls' first nodes
+    made: list[set[str]] = []  # the tensors each open call made so far
+    for index, node_levels in enumerate(levels):
+        if node_levels is None:  # no record: in no module, and no break in the runs around it
+            calls.append([])
+            continue
+        kept = 0
+        while kept < min(len(scopes), len(node_levels)) and scopes[kept] == node_levels[kept][0]:
+            kept += 1
+        kept = next((level for level in range(kept) if restarts(index, level, firsts[level], made[level])), kept)
+        del current[kept:], scopes[kept:], firsts[kept:], made[kept:]
+        for scope, path in node_levels[kept:]:
+            counts[path] += 1
+            current.append((path, counts[path]))
+            scopes.append(scope)
+            firsts.append(index)
+            made.append(set())
+        for tensors in made:
+            tensors.update(graph.node[index].output)
+        calls.append(list(current))
     return calls
 
 
@@ -286,6 +386,8 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
               if node.op_type == "Identity" and node.input and node.input[0] in initializers}
     dynamo = any(prop.key == _SCOPES_KEY for node in graph.node for prop in node.metadata_props)
     member = [set(node_calls) for node_calls in calls]
+    # the dynamo optimizer's own nodes carry no record (a Split for split_with_sizes): seen through, not outside
+    recorded = [not dynamo or _SCOPES_KEY in _props(node) for node in graph.node]
     # A dynamo Conv with a BatchNorm fused in carries the BatchNorm's scopes; its weight keeps the Conv's
     # parameter name (``layer1.0.conv1.weight``), so the Conv's own modules still count as using its input.
     fused_from = {
@@ -311,10 +413,10 @@ def _name_torch(model: onnx.ModelProto, candidates: list[Candidate], calls) -> d
             raw = node.name or candidate.tensor
             named[candidate.tensor] = _TorchName(raw.strip("/") or raw, raw, None, (), folded, None)
             continue
-        users = consumers.get(candidate.tensor, [])
         left = [
             call for call in chain
-            if candidate.tensor in graph_outputs or any(not inside(call, user) for user in users)
+            if _leaves(candidate.tensor, lambda user, call=call: inside(call, user), consumers, graph, recorded,
+                       graph_outputs)
         ]
         path, number = chain[-1]
         if left and left[-1] == chain[-1]:
