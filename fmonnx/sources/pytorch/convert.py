@@ -35,9 +35,9 @@ The converted model's ``metadata_props``:
   "spatial": "dynamic" | "fixed", "opset": the model's (the exporter keeps 18
   when it cannot convert to a lower one asked for; a warning says so)}``.
 
-The module is run in eval mode (its modes are restored afterwards) and is not
-otherwise changed. A check that fails raises CheckFailedError after the report
-is complete; nothing is written.
+The module is run in eval mode, with its modules' ``inplace`` flags off (both
+are restored afterwards), and is not otherwise changed. A check that fails
+raises CheckFailedError after the report is complete; nothing is written.
 """
 
 from __future__ import annotations
@@ -137,12 +137,19 @@ def convert_module(
     example = example_input_for(torch, module, example_input)
     label = type(module).__name__
     modes = {m: m.training for m in module.modules()}
+    # ONNX has no in-place ops: computing out of place changes no value, and spares the tap a copy
+    # of every output an in-place activation would overwrite (a node each in the traced graph)
+    in_place = {m: m.inplace for m in module.modules() if isinstance(getattr(m, "inplace", None), bool)}
     module.eval()
     try:
+        for m in in_place:
+            m.inplace = False
         return _convert(torch, module, {}, example, label, "", opset, check, rtol, atol, start)
     finally:
         for m, training in modes.items():
             m.training = training
+        for m, flag in in_place.items():
+            m.inplace = flag
 
 
 def convert_pt2(

@@ -131,7 +131,7 @@ def _tap_class(torch):
                     own_counts[paths[0]] = own = own_counts.get(paths[0], 0) + 1
                     if isinstance(output, torch.Tensor) and output.dim() == 4 and output.is_floating_point():
                         own_name = call_name(paths[0], own)
-                        copy = output.detach().clone() if copied is None or (path, call) in copied else None
+                        copy = output.clone() if copied is None or (path, call) in copied else None
                         seen.append((path, call, output, output._version, copy, own_name))
 
                 return enter, record
