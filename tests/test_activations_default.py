@@ -115,8 +115,25 @@ def test_activation_output_is_in_the_default_view_once(case, tmp_path):
     nodes, extra, opset = CASES[case]
     path = tmp_path / f"{case}.onnx"
     onnx.save(activation_model(nodes, extra, opset), path)
-    # the Conv before, the activated output once, the pool after: no Sigmoid half, no Clip inside a HardSwish
-    assert default_tensors(path) == ["conv_out", "act", "output"]
+    # the activated output once, the pool after: no Sigmoid half, no Clip inside a HardSwish, and not the
+    # Conv's output, which only feeds the activation (the block's output is the activated map)
+    assert default_tensors(path) == ["act", "output"]
+    # --all-spatial still has the Conv's output, and every part of the activation
+    result = fmonnx("layers", path, "--json", "--all-spatial")
+    assert "conv_out" in [row["tensor"] for row in json.loads(result.stdout)]
+
+
+def test_a_conv_read_elsewhere_too_stays_in_the_default_view(tmp_path):
+    """Leaving out the pre-activation map is only for a map that nothing else reads (a residual branch
+    reading the Conv's output keeps it)."""
+    nodes, extra, opset = CASES["silu"]
+    nodes = [*nodes, node("Add", ["conv_out", "act"], ["summed"])]
+    model = activation_model(nodes, extra, opset)
+    pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    pool.input[0] = "summed"
+    path = tmp_path / "residual.onnx"
+    onnx.save(model, path)
+    assert default_tensors(path)[:2] == ["conv_out", "act"]
 
 
 def test_relu_only_models_are_unchanged(tmp_path):
@@ -200,3 +217,33 @@ def test_torch_exported_silu_is_in_the_default_view(dynamo, tmp_path):
         expected = module[1](module[0](fed))[0].numpy()
     shown = [v for v in maps.values() if v.shape == expected.shape and np.allclose(v, expected, atol=1e-5)]
     assert len(shown) == 1
+
+
+def test_a_conv_over_a_rearranged_sequence_is_not_a_feature_map(tmp_path):
+    """YOLO's DFL: box logits (1, 16, anchors) rearranged to (1, 4, 4, anchors), softmaxed and convolved. ONNX
+    calls the Conv's output N,C,H,W, but its H and W are not the image's: not drawn, and said why."""
+    shape_3d = numpy_helper.from_array(np.array([1, 16, 64], np.int64), "to_seq")
+    shape_4d = numpy_helper.from_array(np.array([1, 4, 4, 64], np.int64), "to_bins")
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["input", "w16"], ["head"], name="head"),
+        helper.make_node("Reshape", ["head", "to_seq"], ["seq"], name="flatten"),
+        helper.make_node("Reshape", ["seq", "to_bins"], ["bins"], name="bins"),
+        helper.make_node("Transpose", ["bins"], ["moved"], name="move", perm=[0, 2, 1, 3]),
+        helper.make_node("Softmax", ["moved"], ["soft"], name="softmax", axis=1),
+        helper.make_node("Conv", ["soft", "w1"], ["dfl"], name="dfl"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dfl", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("dfl", TensorProto.FLOAT, [1, 1, 4, 64])],
+        initializer=[numpy_helper.from_array(rng.normal(size=(16, 3, 1, 1)).astype(np.float32), "w16"),
+                     numpy_helper.from_array(rng.normal(size=(1, 4, 1, 1)).astype(np.float32), "w1"),
+                     shape_3d, shape_4d],
+    )
+    path = tmp_path / "dfl.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert default_tensors(path) == ["head"]
+    result = fmonnx("layers", path, "--all-spatial")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("dfl"))
+    assert "not drawn" in line and "sequence rearranged" in line

@@ -226,12 +226,58 @@ def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
     return constant
 
 
+# The element-wise pieces of an activation written out (SiLU's Sigmoid, HardSwish's Add, Clip and Div,
+# GELU's Erf): what lies between a pre-activation map and the activation that reads it.
+_GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Add", "Sub", "Mul", "Div", "Clip", "Erf", "Tanh", "Softplus"})
+
+
+def _pre_activations(chosen: dict[str, Candidate], g: _Graph, graph_outputs: set[str]) -> set[str]:
+    """Chosen tensors that only feed a chosen modern activation: a Conv's output before its SiLU.
+
+    The activation is the block's output, what its authors think of as its feature map; the value
+    before it is the same map, not yet activated. Feeding it means every path from the tensor reaches
+    the activation's node within a few nodes (SiLU's Sigmoid half, HardSwish's Add and Clip). A Relu
+    network keeps its Conv and Relu pairs, the view fmonnx has always given it.
+    """
+    def is_activation(node: onnx.NodeProto) -> bool:
+        return bool(node.output) and node.output[0] in chosen and any(pattern(node, g) for pattern in ACTIVATIONS.values())
+
+    def only_into(tensor: str, activation: onnx.NodeProto, depth: int) -> bool:
+        readers = g.consumers.get(tensor, [])
+        if not readers or tensor in graph_outputs:
+            return False
+        return all(reader is activation or (depth > 0 and reader.output and all(
+            only_into(output, activation, depth - 1) for output in reader.output if output)) for reader in readers)
+
+    def first_activations(tensor: str, depth: int) -> set:
+        found = set()
+        for reader in g.consumers.get(tensor, []):
+            if is_activation(reader):
+                found.add(id(reader))
+            elif depth > 0 and reader.op_type in _GATE_OPS:
+                for output in reader.output:
+                    found |= first_activations(output, depth - 1) if output else set()
+        return found
+
+    by_id = {id(node): node for nodes in g.consumers.values() for node in nodes}
+    dropped = set()
+    for tensor in chosen:
+        made_by = g.producer.get(tensor)
+        if made_by is not None and is_activation(made_by):
+            continue  # an activation feeding another is a map of its own
+        activations = first_activations(tensor, 5)
+        if len(activations) == 1 and only_into(tensor, by_id[next(iter(activations))], 5):
+            dropped.add(tensor)
+    return dropped
+
+
 def find_candidates(
     model: onnx.ModelProto,
     types: dict[str, TensorType],
     ops: tuple[str, ...] = DEFAULT_OPS,
     all_spatial: bool = False,
     extra_tensors: tuple[str, ...] = (),
+    activated_only: bool = False,
 ) -> list[Candidate]:
     """Tensors to expose, in graph (topological) order.
 
@@ -240,7 +286,8 @@ def find_candidates(
     taken (names a converter recorded; the plan leaves out those shape inference
     proves are not 4-D). Graph inputs, initializers, tensors computed from
     initializers and Constants alone, non-float and non-4-D tensors and
-    duplicates are skipped.
+    duplicates are skipped. ``activated_only`` (the default view) leaves out a
+    tensor whose only use is a chosen activation (see ``_pre_activations``).
     Raises ModelError when nothing is left.
     """
     graph = model.graph
@@ -259,6 +306,9 @@ def find_candidates(
             if output in wanted_extra or (by_op and _is_spatial(types.get(output))):
                 tensor_type = types.get(output) or TensorType(onnx.TensorProto.FLOAT, None)
                 chosen[output] = Candidate(output, node.op_type, node.name, index, tensor_type)
+    if activated_only and not all_spatial and chosen:
+        dropped = _pre_activations(chosen, context or _Graph(graph), {value.name for value in graph.output})
+        chosen = {name: c for name, c in chosen.items() if name not in dropped or name in wanted_extra}
     if not chosen:
         present = Counter(node.op_type for node in graph.node)
         listing = ", ".join(op for op, _ in present.most_common(12))

@@ -26,7 +26,7 @@ from ..errors import ModelError
 from . import axes as axis_algebra
 from .shapes import TensorType
 
-__all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "IMAGE_CHANNELS"]
+__all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "maps_of_sequences", "IMAGE_CHANNELS"]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,12 @@ def channel_axes(
     types: dict[str, TensorType],
     input_layout: Layout | None,
     grids: dict | None = None,
+    not_maps: set | None = None,
 ) -> dict[str, Layout]:
     """Propagate channel axes through the graph; returns a Layout for every 4-D tensor reached.
+
+    ``not_maps``, when given, is filled with the outputs of Conv-like ops whose input the axis algebra
+    shows is not an image (a sequence rearranged to 4-D: YOLO's DFL); see ``maps_of_sequences``.
 
     ``grids``, when given, is filled with the ``tokens.TokenGrid`` of every rank-3 token tensor whose
     tokens are proven to be a 4-D tensor's pixels (see tokens.py); tokens reshaped back to (N, h, w, C)
@@ -192,6 +196,10 @@ def channel_axes(
         result: Layout | None = None
         if op in _CHANNELS_FIRST_OPS:
             result = Layout(1, True)
+            source = atoms.get(node.input[0]) if node.input else None
+            if not_maps is not None and source is not None and len(source) == 4 \
+                    and axis_algebra.image_layout(source) is None:
+                not_maps.update(output for output in node.output[:1] if output)
         elif op == "Transpose":
             source = layouts.get(node.input[0]) if node.input else None
             perm = _transpose_perm(node)
@@ -257,3 +265,37 @@ def _follow_atoms(node: onnx.NodeProto, axes, shape, rank) -> axis_algebra.Axes 
             if source is not None:
                 return source
     return None
+
+
+# Ops that rearrange or rescale one tensor: a chain of them from a sequence still holds a sequence.
+_REARRANGING_OPS = frozenset(
+    {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax", "Identity", "Cast"}
+)
+
+
+def maps_of_sequences(model: onnx.ModelProto, types: dict[str, TensorType], layouts: dict[str, Layout]) -> set[str]:
+    """Outputs of Conv-like ops whose input is a rank-3 (or other non-4-D) sequence rearranged into 4-D.
+
+    ONNX calls such an output N,C,H,W, but its "H" and "W" are not the image's: YOLO's DFL turns the
+    (1, 64, anchors) box logits into (1, 16, 4, anchors) and convolves them into (1, 1, 4, anchors).
+    Walks back from the op's input through rearranging ops that carry no layout.
+    """
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output if output}
+    inputs = {value.name for value in graph.input}
+    found = set()
+    for node in graph.node:
+        if node.op_type not in _CHANNELS_FIRST_OPS or not node.input:
+            continue
+        name, steps, reshaped = node.input[0], 0, False
+        while name not in layouts and name not in inputs and steps < 16:
+            made_by = producer.get(name)
+            if made_by is None or made_by.op_type not in _REARRANGING_OPS or not made_by.input:
+                break
+            source = made_by.input[0]
+            source_rank = types[source].rank if source in types else None
+            reshaped |= made_by.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and source_rank not in (4, None)
+            name, steps = source, steps + 1
+        if reshaped and name not in layouts and name not in inputs:  # never reached a proven map or the image
+            found.update(output for output in node.output[:1] if output)
+    return found

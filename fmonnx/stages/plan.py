@@ -21,7 +21,7 @@ from ..errors import ImageError, ModelError
 from ..options import RenderOptions
 from ..sources.inputs import conversion_record, onnx_path_for
 from .expose import DEFAULT_OPS, find_candidates
-from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout
+from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout, maps_of_sequences
 from .load import LoadedModel, load_model
 from .metadata import LAYERS_KEY, LayerRecord, read_layer_metadata, read_source_metadata
 from .names import NamedTensor, name_tensors, naming_notes
@@ -130,6 +130,7 @@ def _recorded_tensors(
 
 
 _NOT_FEATURE_MAPS = "window or head batches are not feature maps"
+_OF_A_SEQUENCE = "computed from a sequence rearranged to 4-D (its axes are not the image's), not a feature map"
 
 
 def _not_image_batch(tensor_type: TensorType, input_batch) -> str | None:
@@ -215,13 +216,15 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     records = read_layer_metadata(loaded.model, loaded.path.name)
     given = options.ops is not None or options.all_spatial
     grids: dict[str, TokenGrid] = {}
-    layouts = channel_axes(loaded.model, types, input_layout, grids)
+    not_maps: set[str] = set()
+    layouts = channel_axes(loaded.model, types, input_layout, grids, not_maps)
     recorded, skipped = _recorded_tensors(records, types, loaded.path.name, given, grids)
     ops = options.ops if options.ops is not None else (() if recorded else DEFAULT_OPS)
     by_default = options.ops is None and not options.all_spatial  # converters record 4-D outputs only: no tokens
     tokens, not_grids = choose_tokens(loaded.model, types, grids, layouts, ops, options.all_spatial, by_default)
     try:
-        candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded)
+        candidates = find_candidates(loaded.model, types, ops, options.all_spatial, recorded,
+                                     activated_only=options.ops is None and not recorded)
     except ModelError:
         if not tokens:
             raise
@@ -245,10 +248,11 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     input_batch = spec.shape[0] if input_layout.rank == 4 else None
     at_one = _types_at_batch_one(loaded.model, spec, input_layout.channel_axis, candidates)
     not_grid = not_grid_tensors(loaded.model, grids, layouts, types)
+    of_sequences = maps_of_sequences(loaded.model, types, layouts) | not_maps
     reasons = {
         c.tensor: r for c in candidates
-        if (r := NOT_A_GRID if c.tensor in not_grid else _not_image_batch(at_one.get(c.tensor) or c.type, input_batch))
-        is not None
+        if (r := NOT_A_GRID if c.tensor in not_grid else _OF_A_SEQUENCE if c.tensor in of_sequences
+            else _not_image_batch(at_one.get(c.tensor) or c.type, input_batch)) is not None
     }
     if len(reasons) == len(candidates):
         shapes = ", ".join(f"{c.tensor} {list(_readable(c.type.shape))}" for c in candidates[:4])
