@@ -105,7 +105,15 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_torch import batchnorms, call_outputs, is_folded, same, tensors_of, what_it_is  # noqa: E402
+from sweep_torch import (  # noqa: E402
+    batchnorms,
+    call_outputs,
+    is_folded,
+    randomize_batchnorms,
+    same,
+    tensors_of,
+    what_it_is,
+)
 
 SEED = 0
 FAMILIES = {  # name: (builder, input side, kind)
@@ -131,20 +139,6 @@ QUICK = ["yolo11n", "timm:convnext_atto", "timm:vit_tiny", "tv:lraspp", "hf:resn
 COMMANDS = ("layers", "render", "render*", "stats", "compare", "scan")
 HOLD = ("ok", "axis", "unc", "nomap", "val", "fold", "raw", "inner")
 CLI_TIMEOUT = 600
-
-
-def randomize_batchnorms(torch, model) -> None:
-    """Seeded random BatchNorm statistics and affine parameters (fresh ones are the identity)."""
-    generator = torch.Generator().manual_seed(SEED + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                size = module.num_features
-                module.running_mean.copy_(torch.randn(size, generator=generator) * 0.3)
-                module.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                    module.bias.copy_(torch.randn(size, generator=generator) * 0.2)
 
 
 def build(torch, spec: str):
@@ -273,7 +267,10 @@ def produce(torch, path_kind: str, model, yolo, x, out: Path) -> float:
         example = torch.from_numpy(x)
         if path_kind in ("dynamo", "script"):
             args = ([example],) if x.ndim == 3 else (example,)
-            torch.onnx.export(model, args, str(out), dynamo=path_kind == "dynamo", opset_version=17)
+            # the dynamo exporter at its own opset (18), as users call it: at 17, torch 2.13 writes an opset-18
+            # Split (num_outputs) into YOLO, which onnxruntime refuses; TorchScript at 17, as torchvision's tests
+            opset = {"opset_version": 17} if path_kind == "script" else {}
+            torch.onnx.export(model, args, str(out), dynamo=path_kind == "dynamo", **opset)
         elif path_kind == "ultra":
             made = Path(yolo.export(format="onnx", imgsz=x.shape[-1], device="cpu"))
             made.replace(out)

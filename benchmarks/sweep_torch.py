@@ -75,6 +75,12 @@ def build(torch, spec: str):
         import timm
 
         model = timm.create_model(name, pretrained=False)
+    randomize_batchnorms(torch, model)
+    return model.eval()
+
+
+def randomize_batchnorms(torch, model) -> None:
+    """Seeded random BatchNorm statistics and affine parameters (fresh ones are the identity)."""
     generator = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
         for module in model.modules():
@@ -85,7 +91,6 @@ def build(torch, spec: str):
                 if module.affine:
                     module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
                     module.bias.copy_(torch.randn(size, generator=generator) * 0.2)
-    return model.eval()
 
 
 def tensors_of(value) -> list:

@@ -13,7 +13,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter's dependency
 from torch import nn  # noqa: E402
 
 import fmonnx  # noqa: E402
-from fmonnx.stages.names import call_name  # noqa: E402
+from tests.torch_models import hooked_calls  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -95,22 +95,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.psa(self.acts(self.sppf(self.stem(x))))
-
-
-def hooked_calls(model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """``{call name: output}`` for every call of every submodule (``sppf.m#2`` for the second)."""
-    outputs: dict[str, list[np.ndarray]] = {}
-    handles = [
-        module.register_forward_hook(
-            lambda _m, _i, out, path=path: outputs.setdefault(path, []).append(out.detach().numpy().copy())
-        )
-        for path, module in model.named_modules() if path
-    ]
-    with torch.no_grad():
-        model(torch.from_numpy(x))
-    for handle in handles:
-        handle.remove()
-    return {call_name(path, index + 1): out for path, calls in outputs.items() for index, out in enumerate(calls)}
 
 
 @pytest.fixture(scope="module")

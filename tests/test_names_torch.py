@@ -16,6 +16,7 @@ from torch import nn  # noqa: E402
 
 import fmonnx  # noqa: E402
 from fmonnx.stages.names import call_name, split_call_name  # noqa: E402
+from tests.torch_models import hooked_calls  # noqa: E402
 
 EXPORTERS = ("torchscript", "dynamo")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -110,22 +111,6 @@ def tiny_model() -> nn.Module:
                 module.weight.copy_(torch.rand(size) + 0.5)
                 module.bias.copy_(torch.randn(size))
     return model.eval()
-
-
-def hooked_calls(model, x: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """``{call name: output}`` for every call of every submodule (``block.relu#2`` for the second)."""
-    outputs: dict[str, list[np.ndarray]] = {}
-    handles = [
-        module.register_forward_hook(
-            lambda _m, _i, out, path=path: outputs.setdefault(path, []).append(out.detach().numpy().copy())
-        )
-        for path, module in model.named_modules() if path
-    ]
-    with torch.no_grad():
-        model(torch.from_numpy(x))
-    for handle in handles:
-        handle.remove()
-    return {call_name(path, index + 1): out for path, calls in outputs.items() for index, out in enumerate(calls)}
 
 
 def same(actual: np.ndarray, expected: np.ndarray) -> bool:

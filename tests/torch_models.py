@@ -167,3 +167,21 @@ def reference(module: nn.Module, array: np.ndarray) -> dict[str, np.ndarray]:
         for handle in handles:
             handle.remove()
     return outputs
+
+
+def hooked_calls(model: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """``{call name: output}`` for every call of every submodule (``block.relu#2`` for the second call)."""
+    from fmonnx.stages.names import call_name
+
+    outputs: dict[str, list[np.ndarray]] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, path=path: outputs.setdefault(path, []).append(out.detach().numpy().copy())
+        )
+        for path, module in model.named_modules() if path
+    ]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for handle in handles:
+        handle.remove()
+    return {call_name(path, index + 1): out for path, calls in outputs.items() for index, out in enumerate(calls)}
