@@ -193,3 +193,41 @@ def test_a_module_with_data_dependent_shapes_gets_one_short_line():
     assert "data-dependent" in message and "PicksBoxes" in message
     assert "u0" not in message  # torch's unbacked symbols and guards mean nothing to the user
     assert "dynamo=False" in message  # what to do instead
+
+
+class Head(nn.Module):
+    """A detection head in miniature: per level, the box and class maps concatenated; the module returns the
+    list, so no module call returns the concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        self.box = nn.Conv2d(8, 4, 1)
+        self.cls = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return [torch.cat((self.box(x), self.cls(x)), 1)]
+
+
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+
+def test_converted_model_names_no_unrecorded_tensor_as_a_module_output(tmp_path):
+    """fmonnx.convert records every module call's 4-D output; under --all-spatial, any other tensor is inside a
+    module (``head/Concat``), never the module's output, whatever the name scopes suggest."""
+    converted = fmonnx.convert(seeded(Detector()), torch.rand(1, 3, 16, 16))
+    path = tmp_path / "detector.onnx"
+    converted.save(path)
+    rows = fmonnx.list_layers(path, fmonnx.RenderOptions(all_spatial=True))
+    recorded = {record["layer"] for record in converted.layers}
+    assert recorded == {"stem", "head.box", "head.cls"}
+    for row in rows:
+        if row["name"] not in recorded:
+            assert row["layer_output"] is False and "/" in row["name"], row
+    assert any(row["name"] == "head/Concat" for row in rows)

@@ -222,6 +222,11 @@ class _TorchName:
     class_name: str | None
 
 
+def _inner(torch_name: _TorchName, op: str) -> _TorchName:
+    """``torch_name`` as a tensor inside its module (``<module>/<Op>``), not the module's output."""
+    return _TorchName(f"{torch_name.layer}/{op}", torch_name.layer, False, (), torch_name.folded, None)
+
+
 def _owner_paths(graph: onnx.GraphProto) -> frozenset[str]:
     """Every module path a named parameter lies under: ``a.b.weight`` gives ``a`` and ``a.b``."""
     owners = set()
@@ -460,6 +465,12 @@ def name_tensors(
             classes[record.layer] = record.class_name
     calls = _torch_calls(model)
     torch_named = _name_torch(model, candidates, calls) if calls is not None else {}
+    if by_tensor:
+        # fmonnx.convert records every 4-D output of every module call: a tensor it did not record is
+        # no module's output, whatever the scopes suggest (YOLO's Detect concatenations)
+        ops = {candidate.tensor: candidate.op for candidate in candidates}
+        torch_named = {tensor: _inner(torch_name, ops[tensor]) if torch_name.output else torch_name
+                       for tensor, torch_name in torch_named.items() if tensor not in by_tensor}
     producer = model.producer_name or ""
     layer_of: list[tuple[str, bool | None]] = []
     for candidate in candidates:
