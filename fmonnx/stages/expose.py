@@ -240,7 +240,8 @@ def _pre_activations(chosen: dict[str, Candidate], g: _Graph, graph_outputs: set
     network keeps its Conv and Relu pairs, the view fmonnx has always given it.
     """
     def is_activation(node: onnx.NodeProto) -> bool:
-        return bool(node.output) and node.output[0] in chosen and any(pattern(node, g) for pattern in ACTIVATIONS.values())
+        chosen_output = bool(node.output) and node.output[0] in chosen
+        return chosen_output and any(pattern(node, g) for pattern in ACTIVATIONS.values())
 
     def only_into(tensor: str, activation: onnx.NodeProto, depth: int) -> bool:
         readers = g.consumers.get(tensor, [])

@@ -294,7 +294,8 @@ def maps_of_sequences(model: onnx.ModelProto, types: dict[str, TensorType], layo
                 break
             source = made_by.input[0]
             source_rank = types[source].rank if source in types else None
-            reshaped |= made_by.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and source_rank not in (4, None)
+            regrouped = made_by.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+            reshaped |= regrouped and source_rank not in (4, None)
             name, steps = source, steps + 1
         if reshaped and name not in layouts and name not in inputs:  # never reached a proven map or the image
             found.update(output for output in node.output[:1] if output)
