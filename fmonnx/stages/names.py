@@ -466,11 +466,12 @@ def name_tensors(
     calls = _torch_calls(model)
     torch_named = _name_torch(model, candidates, calls) if calls is not None else {}
     if by_tensor:
-        # fmonnx.convert records every 4-D output of every module call: a tensor it did not record is
-        # no module's output, whatever the scopes suggest (YOLO's Detect concatenations)
-        ops = {candidate.tensor: candidate.op for candidate in candidates}
-        torch_named = {tensor: _inner(torch_name, ops[tensor]) if torch_name.output else torch_name
-                       for tensor, torch_name in torch_named.items() if tensor not in by_tensor}
+        # fmonnx.convert records every 4-D output of every module call: a 4-D tensor it did not record is
+        # no module's output, whatever the scopes suggest (YOLO's Detect concatenations); a block's token
+        # sequence (rank 3) is not recorded, so its scopes still name it
+        maps = {c.tensor: c.op for c in candidates if c.type.rank != 3}  # rank None: shape inference gave up
+        torch_named = {tensor: _inner(torch_name, maps[tensor]) if torch_name.output and tensor in maps
+                       else torch_name for tensor, torch_name in torch_named.items() if tensor not in by_tensor}
     producer = model.producer_name or ""
     layer_of: list[tuple[str, bool | None]] = []
     for candidate in candidates:
