@@ -75,9 +75,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="convert-bench-"))
     photo = work / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(photo)
+    def fresh(name: str):
+        torch.manual_seed(0)  # the same weights each time
+        return build(name)
+
     for name in args.models.split(","):
         try:
-            module = build(name)
+            module = fresh(name)
         except Exception as exc:  # noqa: BLE001 - a missing library or a model it lacks: say so, go on
             print(f"{name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
             continue
@@ -86,7 +90,9 @@ def main() -> int:
         layers = None
         try:
             for round_ in range(args.repeat + 1):
-                took = plain_export(torch, module, example, work / "plain.onnx")
+                # a fresh module per export: a traced YOLO keeps fake tensors in its cached anchors
+                took = plain_export(torch, fresh(name), example, work / "plain.onnx")
+                module = fresh(name)
                 start = time.perf_counter()
                 converted = fmonnx.convert(module, example)
                 took_fm = time.perf_counter() - start
