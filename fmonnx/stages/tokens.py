@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .layout import _LAYOUT_PRESERVING_OPS
 from .shapes import TensorType
 
 __all__ = [
@@ -41,17 +42,13 @@ log = logging.getLogger(__name__)
 ADDED_NODE_PREFIX = "fmonnx.token_maps/"  # names of the nodes fmonnx appends; expose.exposed_suffix carries them
 MAP_SUFFIX = "/token_maps"  # the drawn tensor is named after the token tensor it comes from
 
-# Ops whose output has every axis of their token input where it was (same sizes, or broadcast to them).
-_SAME_AXES_OPS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",
-        "Tanh", "Softplus", "Softsign", "Mish", "Clip", "Identity", "Dropout", "Cast", "Neg", "Abs", "Exp",
-        "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Sin", "Cos", "ThresholdedRelu",
-        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Shrink", "Sign",
-        "QuantizeLinear", "DequantizeLinear", "Softmax", "LogSoftmax",
-        "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
-    }
-)
+# Ops whose output has every axis of their token input where it was (same sizes, or broadcast to them):
+# layout's layout-keeping ops, less those that change sizes or act on image axes, plus fused norms.
+_SAME_AXES_OPS = (
+    _LAYOUT_PRESERVING_OPS
+    - {"BitShift", "Concat", "Expand", "GroupNormalization", "MeanVarianceNormalization", "Not", "Pad", "Resize",
+       "Slice", "Tile", "Upsample"}
+) | {"SimplifiedLayerNormalization", "SkipLayerNormalization"}
 _FIRST_OUTPUT_OPS = frozenset({"Dropout", "LayerNormalization", "SkipLayerNormalization"})
 
 
