@@ -15,6 +15,7 @@ __all__ = [
     "ProviderError",
     "ConversionError",
     "MissingDependencyError",
+    "GradientError",
 ]
 
 
@@ -44,3 +45,7 @@ class ConversionError(FmonnxError):
 
 class MissingDependencyError(FmonnxError):
     """An optional dependency (an extra) is not installed."""
+
+
+class GradientError(ModelError):
+    """The backward pass cannot be written for the model (an op without a gradient rule, an old opset)."""
