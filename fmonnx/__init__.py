@@ -9,6 +9,8 @@
     converted = fmonnx.convert(module, example_input)         # nn.Module, .pt2 or Keras file -> checked ONNX
     converted.save("model.onnx")
     fmonnx.render(module, ["photo.jpg"])                      # a module is converted (and checked) on the fly
+    ex = fmonnx.explain("model.onnx", "photo.jpg")            # Grad-CAM of the top class, gradients in the graph
+    ex.target, ex.layers[-1].cam, ex.layer("conv2d").weights
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "convert",
     "compare",
     "scan",
+    "explain",
     "RenderOptions",
     "FmonnxError",
 ]
@@ -41,6 +44,7 @@ _PUBLIC = {
     "convert": "fmonnx.sources.dispatch",
     "compare": "fmonnx.frontends.compare",
     "scan": "fmonnx.frontends.scan",
+    "explain": "fmonnx.frontends.explain",
     "RenderOptions": "fmonnx.options",
     "FmonnxError": "fmonnx.errors",
 }

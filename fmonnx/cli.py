@@ -211,6 +211,65 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
 
 
 @cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=True))
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("-o", "--out", default="explain", show_default=True, help="Output folder.")
+@click.option("--target", default=None,
+              help="What to explain: K (class K), box:K (a YOLO detection), class:K or class (segmentation), "
+              "'output:NAME[i,j,...]' (any element) [default: the top class, the first box, or the main "
+              "segmentation class].")
+@click.option("--layer", "layer_names", multiple=True,
+              help="Explain this layer (render's name, or an ONNX tensor); repeatable [default: every layer render "
+              "shows, detailing the last one the score depends on].")
+@click.option("--all-layers", is_flag=True, help="Explain every layer render shows (the default without --layer).")
+@click.option("--method", type=click.Choice(["gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam",
+                                             "scorecam", "ablationcam", "saliency"]),
+              default="gradcam", show_default=True, help="How channels are weighted (saliency: gradient x input).")
+@_selection_options
+@_run_options
+@click.option("--save-arrays", is_flag=True, help="Also write each layer's raw map and heatmap as .npy.")
+@click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
+@click.option("--max-size", type=click.IntRange(min=1), default=None,
+              help="Cap on the longest side when the model takes any size [default: 1024].")
+@click.option("--no-report", "report", is_flag=True, flag_value=False, default=True,
+              help="Skip index.html: only the pictures and explain.json.")
+@click.option("--max-memory", default=None, help="Memory bound, e.g. 2G.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime threads [default: onnxruntime's, the physical cores].")
+def explain(model, images, out, target, layer_names, all_layers, method, ops, all_spatial, input_layout, preprocess,
+            provider, save_arrays, size, max_size, report, max_memory, threads):
+    """Explain which feature maps of MODEL made its prediction on IMAGES: Grad-CAM and kin.
+
+    The backward pass is written into the ONNX graph and runs with the forward pass in one
+    onnxruntime session. With no arguments, explains the embedded demo CNN on a sample photo.
+    """
+    from .frontends.explain import explain_images
+    from .options import RenderOptions
+
+    options = RenderOptions(
+        ops=_parse_ops(ops), all_spatial=all_spatial, preprocess=preprocess, provider=provider,
+        save_arrays=save_arrays, size=_parse_size(size), max_size=max_size,
+        input_layout=input_layout.upper() if input_layout else None, report=report,
+        max_memory=_parse_memory(max_memory), threads=threads,
+    )
+    layers = list(layer_names) or None
+    if all_layers and layers:
+        raise click.UsageError("give --layer or --all-layers, not both")
+    data = explain_images(model, list(images) or None, out, target, layers, method, options)
+    for image in data["images"]:
+        for problem in image.get("problems", []):
+            click.echo(f"Warning: {problem}", err=True)
+        target_entry = image["target"]
+        click.echo(f"{image['image']}: {target_entry['kind']} {target_entry.get('label')} "
+                   f"(score {target_entry['score']:.4g}); {image.get('chosen')}")
+    count = len(data["images"])
+    click.echo(f"Wrote the {method} explanation of {count} image{'s' if count != 1 else ''} of {data['model']} to "
+               f"{out}/ in {time.perf_counter() - _PROCESS_STARTED:.2f} s ({data['provider']})")
+    if report:
+        click.echo(f"Open {out}/index.html in a browser to explore it.")
+
+
+@cli.command()
 @click.argument("model", type=click.Path())
 @_selection_options
 @click.option("--size", default=None, help="Shapes at an HxW input when the model's H or W is dynamic "

@@ -11,11 +11,13 @@ from fmonnx.stages.gradients.backward import build_backward
 from fmonnx.stages.shapes import infer_types
 
 
-def forward_model(nodes, inputs: dict[str, np.ndarray], target: str, initializers=None, opset=17):
-    """A model whose graph inputs are ``inputs`` (float32 arrays, their shapes fixed) and output ``target``."""
+def forward_model(nodes, inputs: dict[str, np.ndarray], target: str, initializers=None, opset=17, input_shapes=None):
+    """A model whose graph inputs are ``inputs`` (float32 arrays, their shapes fixed unless ``input_shapes``
+    declares some, e.g. ``{"x": [1, 2, "H", "W"]}`` for dynamic sizes) and output ``target``."""
+    shapes = {name: list(value.shape) for name, value in inputs.items()} | dict(input_shapes or {})
     graph = helper.make_graph(
         nodes, "rule",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)) for name, value in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name]) for name in inputs],
         [helper.make_tensor_value_info(target, TensorProto.FLOAT, None)],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()],
     )
@@ -75,9 +77,9 @@ def numeric_gradients(model, inputs: dict[str, np.ndarray], target: str, seed: n
 
 
 def check_gradients(nodes, inputs: dict[str, np.ndarray], target: str, initializers=None, opset=17,
-                    wrt=None, rtol=1e-3, atol=1e-4, seed_values=None, step=1e-4):
+                    wrt=None, rtol=1e-3, atol=1e-4, seed_values=None, step=1e-4, input_shapes=None):
     """Assert the backward nodes' gradients equal finite differences; returns them for more checks."""
-    model = forward_model(nodes, inputs, target, initializers, opset)
+    model = forward_model(nodes, inputs, target, initializers, opset, input_shapes)
     wrt = list(wrt or inputs)
     import onnxruntime as ort
 

@@ -26,12 +26,13 @@ class ExplainedLayer:
     method: str
     activation: np.ndarray  # (C, H, W) float32
     gradient: np.ndarray | None  # (C, H, W) float32, d score / d activation; None for gradient-free methods
-    weights: np.ndarray  # (C,) float32: each channel's weight in the map (zeros for hirescam/layercam's own)
+    weights: np.ndarray  # (C,) float32: each channel's weight (hirescam, layercam: the spatial mean, for ranking)
     raw: np.ndarray  # (H, W) float32, ReLU applied, not rescaled
     cam: np.ndarray  # (input H, input W) float32 in 0..1
     depends: bool = True  # False: the score does not depend on this layer (its gradient is zero)
     op: str = ""
     also_output_of: tuple[str, ...] = ()
+    folded_batchnorm: bool = False  # a TorchScript export's Conv + BatchNorm, named after the Conv
 
     def top_channels(self, count: int = 8) -> list[tuple[int, float]]:
         """The channels of largest weight, largest first: ``[(channel, weight), ...]``."""

@@ -98,7 +98,6 @@ def build_backward(model: onnx.ModelProto, types: dict[str, TensorType], target:
     emit = emitter or Emitter(opset)
     graph = model.graph
     nodes = list(graph.node)
-    producer = {out: node for node in nodes for out in node.output if out}
     wanted = list(dict.fromkeys(wrt))
 
     # tensors that depend on a chosen tensor, through float tensors only

@@ -92,10 +92,11 @@ class Emitter:
         """
         out_shape = self.shape(output)
         operand_shape = self.shape(operand)
-        out_rank = self.op("Size", [out_shape], hint="rank")
-        operand_rank = self.op("Size", [operand_shape], hint="rank")
+        # ranks as Shape(Shape(t)): onnxruntime folds Size(Shape(t)) into t's element count
+        out_rank = self.op("Shape", [out_shape], hint="rank")
+        operand_rank = self.op("Shape", [operand_shape], hint="rank")
         missing = self.op("Sub", [out_rank, operand_rank], hint="missing")
-        ones = self.op("ConstantOfShape", [self.unsqueeze(missing, [0])], hint="ones",
+        ones = self.op("ConstantOfShape", [missing], hint="ones",
                        value=numpy_helper.from_array(np.ones(1, np.int64)))
         padded = self.op("Concat", [ones, operand_shape], hint="padded", axis=0)
         one = self.const(np.asarray(1, np.int64))
