@@ -260,8 +260,8 @@ def explain(model, images, out, target, layer_names, all_layers, method, ops, al
         for problem in image.get("problems", []):
             click.echo(f"Warning: {problem}", err=True)
         target_entry = image["target"]
-        click.echo(f"{image['image']}: {target_entry['kind']} {target_entry.get('label')} "
-                   f"(score {target_entry['score']:.4g}); {image.get('chosen')}")
+        click.echo(f"{image['image']}: {target_entry['kind']} target {target_entry.get('label')!r} "
+                   f"(score {target_entry['score']:.4g}), layer {image.get('chosen')} detailed")
     count = len(data["images"])
     click.echo(f"Wrote the {method} explanation of {count} image{'s' if count != 1 else ''} of {data['model']} to "
                f"{out}/ in {time.perf_counter() - _PROCESS_STARTED:.2f} s ({data['provider']})")

@@ -136,11 +136,11 @@ def build_backward(model: onnx.ModelProto, types: dict[str, TensorType], target:
             index for index, name in enumerate(node.input)
             if name and name in depends and name in ancestors and name != ""
         )
-        if not needed:
+        # a subgraph (If, Loop, Scan) that reads a chosen tensor from the outer graph: no rule sees inside
+        implicit = any(name in depends for name in set(_inputs_of(node)) - set(node.input))
+        if (not needed and not implicit) or node.op_type in NON_DIFFERENTIABLE:
             continue
-        if node.op_type in NON_DIFFERENTIABLE:
-            continue
-        function = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        function = table.get(node.op_type) if node.domain in ("", "ai.onnx") and not implicit else None
         if function is None:
             where = node.name or node.output[0]
             raise GradientError(
