@@ -195,3 +195,12 @@ def test_ablation_and_score_cam_weights_equal_their_definitions(tmp_path, photo)
     score_cam = fmonnx.explain(path, photo, target=0, layers=["relu2"], method="scorecam").layers[0]
     assert score_cam.weights.shape == (6,)
     np.testing.assert_allclose(score_cam.weights.sum(), 1.0, rtol=1e-5)  # a softmax over the channels
+
+
+def test_memory_bound_is_respected_or_refused(tmp_path, photo):
+    path = save(classifier(), tmp_path, "m.onnx")
+    out = tmp_path / "out"
+    result = _fmonnx("explain", path, photo, "-o", out, "--max-memory", "1M")
+    assert result.returncode == 1 and "over --max-memory 1M" in result.stderr, result.stderr
+    assert not out.exists()
+    assert _fmonnx("explain", path, photo, "-o", out, "--max-memory", "2G").returncode == 0

@@ -235,6 +235,7 @@ class Explainer:
         self.prepare()
         graph, plan = self.graph, self.plan
         tensor, record = self._read(Path(path))
+        self._check_memory(tensor)
         gradients = self.method not in cams.FREE_METHODS
         names = [layer.named.candidate.tensor for layer in self.layers] if self.method != "saliency" else []
         fetch = [*names, graph.scored]
@@ -271,6 +272,26 @@ class Explainer:
             explanation.choices = self._choices(tensor, TargetChoice(target, main.cam), others, hw)
         explanation.seconds = {"inference": inference, "total": time.perf_counter() - started}
         return explanation
+
+    def _check_memory(self, tensor: np.ndarray) -> None:
+        """Refuse an input whose forward and backward run would pass ``--max-memory``: explain runs in one
+        session run (render's passes cannot split a backward pass)."""
+        bound = self.options.max_memory
+        if bound is None:
+            return
+        from ..stages.runner import one_run_memory
+
+        estimate = one_run_memory(self.plan, tuple(tensor.shape))
+        if estimate is None:
+            return
+        if self.method not in cams.FREE_METHODS:
+            estimate *= 2  # the backward pass holds about as much again as the exposed forward
+        if estimate > bound:
+            raise ImageError(
+                f"explaining an input of {list(tensor.shape)} takes about {estimate // 2**20} MB (forward and backward "
+                f"in one run), over --max-memory {bound // 2**20}M; give --max-memory {estimate // 2**20 + 1}M or "
+                "more, a smaller --size, or fewer --layer"
+            )
 
     def _scored_shape(self, tensor: np.ndarray) -> tuple[int, ...]:
         shape = self.graph.scored_type.shape if self.graph.scored_type is not None else None

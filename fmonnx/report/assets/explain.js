@@ -40,7 +40,12 @@
     const list = document.getElementById("meta");
     for (const key of ["model", "method", "provider", "source", "fmonnx_version"]) {
       if (record[key] === undefined || record[key] === null) continue;
-      list.append(el("div", {}, el("dt", { text: key }), el("dd", { text: String(record[key]) })));
+      const value = record[key];
+      // the source is a mapping (framework, producer, ...): its framework and producer read best
+      const shown = typeof value === "object"
+        ? [value.framework, value.producer].filter((part, i, all) => part && all.indexOf(part) === i).join(", ")
+        : String(value);
+      list.append(el("div", {}, el("dt", { text: key }), el("dd", { text: shown })));
     }
   }
 
