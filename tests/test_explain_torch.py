@@ -166,3 +166,42 @@ def test_class_target_and_default_layer(tmp_path):
     raw = np.maximum((gradient.mean(axis=(1, 2))[:, None, None] * activation).sum(0), 0)
     assert relative(layer.raw, raw) < TOLERANCE
     assert layer.cam.shape == (32, 32) and 0 <= layer.cam.min() and layer.cam.max() <= 1
+
+
+def test_vit_token_maps_gradients_equal_autograd(tmp_path):
+    """Token layers are drawn as maps (tokens.py): their gradient is the same map of d score / d tokens."""
+    from test_token_maps import DIM, PATCH, _photo, _vit
+
+    module, path = _vit(tmp_path, dynamic=False)
+    ex = fmonnx.explain(path, _photo(tmp_path, 64, 64), layers="all")
+    (index,) = ex.target["index"]
+    captured = {}
+    hooks = [module.blocks[i].register_forward_hook(lambda m, i_, o, name=f"blocks.{i}": captured.__setitem__(name, o))
+             for i in range(2)]
+    logits = module(torch.from_numpy(ex.input))
+    for hook in hooks:
+        hook.remove()
+    grads = torch.autograd.grad(logits[tuple(index)], [captured["blocks.0"], captured["blocks.1"]])
+    grid = (64 // PATCH, 64 // PATCH)
+    for name, gradient in zip(("blocks.0", "blocks.1"), grads):
+        reference = gradient[0, 1:].reshape(*grid, DIM).permute(2, 0, 1).numpy()  # class token dropped
+        layer = ex.layer(name)
+        assert layer.gradient.shape == (DIM, *grid)
+        assert relative(layer.gradient, reference) < TOLERANCE, (name, relative(layer.gradient, reference))
+
+
+def test_pt2_file_and_module_are_explained_like_their_export(tmp_path):
+    from test_torch_source import save_pt2
+
+    import torch_models
+
+    module = residual()
+    pt2 = save_pt2(torch_models, module, tmp_path / "residual.pt2")
+    image = photo(tmp_path, 32)
+    from_file = fmonnx.explain(pt2, image, target=2)
+    from_module = fmonnx.explain(module, image, target=2)
+    (name,) = [layer.name for layer in from_file.layers]
+    assert name == from_module.layers[0].name
+    _, _, gradients = torch_gradients(residual().eval(), from_file.input, lambda out: out[0, 2])
+    for ex in (from_file, from_module):
+        assert relative(ex.layers[0].gradient, gradients[name][0]) < TOLERANCE
