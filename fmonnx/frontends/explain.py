@@ -408,14 +408,14 @@ def explain_images(model=None, images=None, out: str | os.PathLike = "explain", 
     if layers is None:
         explainer.chosen = explainer._default_layer().named.name
     paths = expand_image_paths(images) if images else [demo_paths()[1]]
-    explained = []
-    for index, path in enumerate(paths):
-        try:
-            explained.append(explainer.explain_image(path, choices=CHOICES))
-        except ImageError:
-            raise
-        if progress is not None:
-            progress(index + 1, len(paths))
+    explainer.prepare()  # the provider goes in the header
+
+    def explained():
+        for index, path in enumerate(paths):
+            yield explainer.explain_image(path, choices=CHOICES)
+            if progress is not None:
+                progress(index + 1, len(paths))
+
     header = {
         "model": str(explainer.model_path),
         "source": explainer.plan.source,
@@ -424,6 +424,8 @@ def explain_images(model=None, images=None, out: str | os.PathLike = "explain", 
         "fmonnx_version": __version__,
         "input": {"name": explainer.plan.input.name, "shape": list(explainer.plan.input.shape)},
     }
-    header["seconds"] = {"explain": time.perf_counter() - started}
     with staged_output(out, record=EXPLAIN_JSON) as staging:
-        return write_explanation(staging, explained, header, save_arrays=options.save_arrays, report=options.report)
+        data = write_explanation(staging, explained(), header, save_arrays=options.save_arrays,
+                                 report=options.report, paths=paths)
+    data["seconds"] = {"total": time.perf_counter() - started}
+    return data

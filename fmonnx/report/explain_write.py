@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -204,13 +205,13 @@ def _image(explained: ImageExplanation, files: _Files, save_arrays: bool, top: i
     return record
 
 
-def _image_folders(images: list[ImageExplanation]) -> list[str]:
+def _image_folders(paths: list[Path]) -> list[str]:
     """As render: no sub-folder for one image, else ``file_stem(index, image stem)`` (made unique)."""
-    if len(images) == 1:
+    if len(paths) == 1:
         return [""]
     folders, seen = [], set()
-    for index, explained in enumerate(images):
-        stem = file_stem(index, Path(explained.image).stem)
+    for index, path in enumerate(paths):
+        stem = file_stem(index, Path(path).stem)
         folders.append(stem if stem not in seen else f"{stem}_{index}")
         seen.add(folders[-1])
     return folders
@@ -218,25 +219,32 @@ def _image_folders(images: list[ImageExplanation]) -> list[str]:
 
 def write_explanation(
     root: Path,
-    images: list[ImageExplanation],
+    images: Iterable[ImageExplanation],
     header: dict,
     save_arrays: bool = False,
     report: bool = True,
     top_channels: int = 8,
+    paths: list[Path] | None = None,
 ) -> dict:
     """Write every picture of ``images`` under ``root``, then explain.json and (``report``) index.html.
 
     ``header``: model, provider, method, fmonnx_version, source... (copied to explain.json's top level).
+    ``images`` may be a generator, consumed one image at a time (only one image's arrays held) when
+    ``paths`` (the images' files, in order) names the folders in advance.
     Returns explain.json's dict: the header's keys, ``images`` (one record per image) and ``files``
     (every file written, relative to ``root``, explain.json and index.html included).
     """
     root = Path(root)
+    if paths is None:
+        images = list(images)
+        paths = [Path(explained.image) for explained in images]
     written: list[str] = []
     records = []
-    for folder, explained in zip(_image_folders(images), images):
+    for folder, explained in zip(_image_folders(paths), images):
         files = _Files(root, folder)
         records.append(_image(explained, files, save_arrays, top_channels))
         written.extend(files.written)
+        del explained  # the next image's arrays replace this one's
     record = {**_plain(header), "images": records}
     if report:
         written.append(write_explain_page(root, record))
