@@ -21,14 +21,6 @@ __all__: list[str] = []
 log = logging.getLogger(__name__)
 
 
-def _rank(ctx: RuleContext, tensor: str) -> int:
-    rank = ctx.rank(tensor)
-    if rank is None:
-        raise GradientError(f"{ctx.describe()}: the rank of {tensor!r} is unknown; run onnx shape inference on the "
-                            f"model, or choose a layer after it")
-    return rank
-
-
 def _per_channel(emit: Emitter, vector: str, rank: int) -> str:
     """A (C,) tensor shaped to broadcast on axis 1 of a rank-``rank`` tensor."""
     return emit.unsqueeze(vector, list(range(1, rank - 1))) if rank > 2 else vector
@@ -62,7 +54,7 @@ def batch_normalization(ctx: RuleContext, grads: list) -> dict:
     emit, x = ctx.emit, ctx.input(0)
     epsilon = float(ctx.attr("epsilon", 1e-5))
     std = emit.op("Sqrt", [emit.op("Add", [ctx.input(4), emit.scalar(epsilon)])], hint="std")
-    factor = _per_channel(emit, emit.op("Div", [ctx.input(1), std], hint="bn_factor"), _rank(ctx, x))
+    factor = _per_channel(emit, emit.op("Div", [ctx.input(1), std], hint="bn_factor"), ctx.known_rank(x))
     return {0: emit.op("Mul", [grads[0], factor], hint="bn_dx")}
 
 
@@ -72,7 +64,7 @@ def layer_normalization(ctx: RuleContext, grads: list) -> dict:
     emit, x, g = ctx.emit, ctx.input(0), grads[0]
     if g is None:
         return {}
-    rank = _rank(ctx, x)
+    rank = ctx.known_rank(x)
     axis = ctx.attr("axis", -1)
     axis = axis + rank if axis < 0 else axis
     dxhat = emit.op("Mul", [g, ctx.input(1)], hint="dxhat")
@@ -83,6 +75,6 @@ def layer_normalization(ctx: RuleContext, grads: list) -> dict:
 def instance_normalization(ctx: RuleContext, grads: list) -> dict:
     """Normalized over the spatial axes of each sample and channel; scale is per channel."""
     emit, x = ctx.emit, ctx.input(0)
-    rank = _rank(ctx, x)
+    rank = ctx.known_rank(x)
     dxhat = emit.op("Mul", [grads[0], _per_channel(emit, ctx.input(1), rank)], hint="dxhat")
     return {0: _normalized_gradient(emit, x, dxhat, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))}

@@ -20,7 +20,6 @@ import math
 import numpy as np
 from onnx import numpy_helper
 
-from ...errors import GradientError
 from .emit import Emitter
 from .registry import RuleContext, rule
 
@@ -29,14 +28,6 @@ __all__: list[str] = []
 log = logging.getLogger(__name__)
 
 _BIG = np.iinfo(np.int64).max
-
-
-def _rank(ctx: RuleContext, tensor: str) -> int:
-    rank = ctx.rank(tensor)
-    if rank is None:
-        raise GradientError(f"{ctx.describe()}: the rank of {tensor!r} is unknown; run onnx shape inference on the "
-                            f"model, or choose a layer after it")
-    return rank
 
 
 def _flat(emit: Emitter, tensor: str) -> str:
@@ -155,7 +146,7 @@ def _split_among_maxima(emit: Emitter, x: str, y_kept: str, g_kept: str, sum_axe
 @rule("GlobalMaxPool")
 def global_max_pool(ctx: RuleContext, grads: list) -> dict:
     emit, x = ctx.emit, ctx.input(0)
-    axes = emit.ints(range(2, _rank(ctx, x)))
+    axes = emit.ints(range(2, ctx.known_rank(x)))
     return {0: _split_among_maxima(emit, x, ctx.output(0), grads[0], axes, 0)}
 
 

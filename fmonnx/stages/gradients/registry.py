@@ -73,6 +73,16 @@ class RuleContext:
         tensor_type = self.types.get(tensor)
         return None if tensor_type is None else tensor_type.rank
 
+    def known_rank(self, tensor: str) -> int:
+        """The tensor's rank from shape inference; GradientError when it is unknown."""
+        rank = self.rank(tensor)
+        if rank is None:
+            from ...errors import GradientError
+
+            raise GradientError(f"{self.describe()}: the rank of {tensor!r} is unknown; run onnx shape inference on "
+                                f"the model, or choose a layer after it")
+        return rank
+
     def value(self, tensor: str) -> np.ndarray | None:
         """A constant input's value (initializer or Constant node); None when unknown."""
         return self.constants(tensor) if tensor else None
