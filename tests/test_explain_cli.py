@@ -204,3 +204,11 @@ def test_memory_bound_is_respected_or_refused(tmp_path, photo):
     assert result.returncode == 1 and "over --max-memory 1M" in result.stderr, result.stderr
     assert not out.exists()
     assert _fmonnx("explain", path, photo, "-o", out, "--max-memory", "2G").returncode == 0
+
+
+def test_cli_method_choices_are_the_library_methods():
+    from fmonnx.cli import cli
+    from fmonnx.stages.cam import METHODS
+
+    option = next(param for param in cli.commands["explain"].params if param.name == "method")
+    assert tuple(option.type.choices) == METHODS
