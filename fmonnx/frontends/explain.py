@@ -83,6 +83,7 @@ class Explainer:
         self.plan = plan = plan_model(self.model_path, options)
         self.types = infer_types(plan.loaded.model)
         self.metadata = {entry.key: entry.value for entry in plan.loaded.model.metadata_props}
+        self.notes: list[str] = []  # what the explanation cannot promise, said once per image
         self.output, self.kind, self.yolo = self._resolve_output()
         self.layers = self._resolve_layers(layers)
         if layers is None:
@@ -109,6 +110,8 @@ class Explainer:
             if info is not None:
                 yolo = (name, info)
                 break
+        if yolo is None and (spec.kind == "box" or spec.kind is None):
+            yolo = self._detector_by_shape(outputs)
         if spec.kind == "box":
             if yolo is None:
                 shapes = ", ".join(f"{n} {list(self.types[n].shape or [])}" for n in outputs if n in self.types)
@@ -127,6 +130,23 @@ class Explainer:
             if first in self.types and self.types[first].rank == 4:
                 return first, "mask", None
         return outputs[0], "class", None
+
+    def _detector_by_shape(self, outputs: list[str]) -> tuple[str, object] | None:
+        """The first output shaped (1, 4 + classes, anchors) with more anchors than rows, taken as a YOLO-style
+        detector's without ultralytics' metadata (a module converted by fmonnx has none); said in the notes."""
+        first = outputs[0]
+        shape = self.types[first].shape if first in self.types else None
+        if shape is None or len(shape) != 3 or not isinstance(shape[1], int) or shape[1] <= 4:
+            return None
+        if isinstance(shape[2], int) and shape[2] <= shape[1]:
+            return None
+        info = targets_.yolo_info(shape, self.metadata, force=True)
+        if info is None:
+            return None
+        self.notes.append(f"{first!r} {list(shape)} is taken as a YOLO-style detector's output (1, 4 + classes, "
+                          "anchors) from its shape alone: the model has no ultralytics task/names metadata; pass "
+                          "--target 'output:NAME[i,j,k]' if it is something else")
+        return first, info
 
     def _resolve_layers(self, layers) -> list[_Layer]:
         plan = self.plan
@@ -260,7 +280,7 @@ class Explainer:
         layers = self._layers(values, tensor, hw, seed)
         photo = self._photo(Path(path), hw)
         explanation = ImageExplanation(Path(path), tensor, photo, target, layers, self.chosen, boxes=boxes,
-                                       preprocess=record, problems=list(plan.notes))
+                                       preprocess=record, problems=[*plan.notes, *self.notes])
         unreached = [layer.name for layer in layers if not layer.depends]
         if unreached:
             explanation.problems.append(

@@ -83,6 +83,50 @@ def _mapped_gradient(model: onnx.ModelProto, tokens: str, gradient: str) -> tupl
     return nodes, new
 
 
+_VIEW_OPS = frozenset({"Transpose", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _ancestors(model: onnx.ModelProto, tensor: str) -> set[str]:
+    ancestors = {tensor}
+    for node in reversed(model.graph.node):
+        if any(out in ancestors for out in node.output):
+            ancestors.update(name for name in node.input if name)
+    return ancestors
+
+
+def _view_of(model: onnx.ModelProto, tensor: str, ancestors: set[str]) -> tuple[str, list[onnx.NodeProto]]:
+    """``(source, nodes)``: a tensor off the score's path that only rearranges one on it (a Keras layer's
+    NHWC output is a Transpose beside the converted graph's NCHW path), and the nodes from source to
+    it; ``(tensor, [])`` otherwise. The score depends on such a view through its source, so its
+    gradient is the same rearrangement of the source's gradient."""
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    chain: list[onnx.NodeProto] = []
+    current = tensor
+    while current not in ancestors:
+        node = producer.get(current)
+        if node is None or node.op_type not in _VIEW_OPS or node.output[0] != current:
+            return tensor, []
+        chain.append(node)
+        current = node.input[0]
+    return current, chain[::-1]
+
+
+def _replayed(nodes: list[onnx.NodeProto], source: str, gradient: str) -> tuple[list[onnx.NodeProto], str]:
+    """Copies of ``nodes`` (a chain that starts at ``source``) applied to ``gradient`` instead."""
+    names = {source: gradient}
+    copies = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{gradient}/view/{node.name or node.output[0]}"
+        copy.input[:] = [names.get(name, name) for name in node.input]
+        for index, name in enumerate(node.output):
+            names[name] = f"{gradient}/view/{name}"
+            copy.output[index] = names[name]
+        copies.append(copy)
+    return copies, names[nodes[-1].output[0]]
+
+
 def build_explain_graph(model: onnx.ModelProto, output: str, layers: list[str], with_top1: bool | None = None,
                         types: dict[str, TensorType] | None = None, extra_wrt: tuple[str, ...] = ()) -> ExplainGraph:
     """The suffix that turns ``model``'s file into the explain model for a score on ``output``.
@@ -100,20 +144,27 @@ def build_explain_graph(model: onnx.ModelProto, output: str, layers: list[str], 
     if with_top1:
         seed = emit.op("Add", [SEED, top1_seed(emit, scored, USE_TOP1)], hint="seed")
     sources = {layer: _token_source(model, layer) or layer for layer in layers}
-    wanted = [*dict.fromkeys(sources.values()), *extra_wrt]
+    ancestors = _ancestors(model, scored)
+    views = {layer: _view_of(model, source, ancestors) for layer, source in sources.items()}
+    wanted = [*dict.fromkeys(view for view, _ in views.values()), *extra_wrt]
     backward = build_backward(model, types, scored, seed, wanted, emit)
     nodes = [*added_nodes(model), *backward.nodes]
     gradients: dict[str, str] = {}
     for layer, source in sources.items():
+        view, chain = views[layer]
+        gradient = backward.gradients[view]
+        if chain:
+            replayed, gradient = _replayed(chain, view, gradient)
+            nodes += replayed
         if source == layer:
-            gradients[layer] = backward.gradients[source]
+            gradients[layer] = gradient
         else:
-            mapped, name = _mapped_gradient(model, source, backward.gradients[source])
+            mapped, name = _mapped_gradient(model, source, gradient)
             nodes += mapped
             gradients[layer] = name
     for tensor in extra_wrt:
         gradients[tensor] = backward.gradients[tensor]
-    unreached = frozenset(layer for layer, source in sources.items() if source in backward.unreached)
+    unreached = frozenset(layer for layer in sources if views[layer][0] in backward.unreached)
     unreached |= frozenset(t for t in extra_wrt if t in backward.unreached)
 
     suffix = onnx.ModelProto()
@@ -136,11 +187,9 @@ def build_explain_graph(model: onnx.ModelProto, output: str, layers: list[str], 
 
 def score_depends_on(model: onnx.ModelProto, scored: str, tensors: list[str]) -> set[str]:
     """The ``tensors`` that ``scored`` is computed from (through any op), token maps by their sequence."""
-    ancestors = {scored}
-    for node in reversed(model.graph.node):
-        if any(out in ancestors for out in node.output):
-            ancestors.update(name for name in node.input if name)
-    return {tensor for tensor in tensors if (_token_source(model, tensor) or tensor) in ancestors}
+    ancestors = _ancestors(model, scored)
+    return {tensor for tensor in tensors
+            if _view_of(model, _token_source(model, tensor) or tensor, ancestors)[0] in ancestors}
 
 
 def build_forward_graph(model: onnx.ModelProto, output: str, layers: list[str],

@@ -172,10 +172,13 @@ def yolo_info(shape, metadata: dict[str, str] | None = None, force: bool = False
     Metadata is untrusted: it is read with ``ast.literal_eval`` only, and a value of the wrong type or size
     is treated as absent. Without metadata, ``force`` still takes the shape as a detector's."""
     metadata = metadata or {}
-    if len(shape) != 3 or shape[0] != 1 or not all(isinstance(x, (int, np.integer)) for x in shape[1:]):
+    # the anchors (and an exported batch) may be symbolic: a model exported for any input size
+    if len(shape) != 3 or shape[0] not in (1, None) and not isinstance(shape[0], str) \
+            or not isinstance(shape[1], (int, np.integer)):
         return None
-    classes, anchors = int(shape[1]) - 4, int(shape[2])
-    if classes < 1 or anchors < 1:
+    classes = int(shape[1]) - 4
+    anchors = int(shape[2]) if isinstance(shape[2], (int, np.integer)) else 0
+    if classes < 1 or isinstance(shape[2], (int, np.integer)) and anchors < 1:
         return None
     task = metadata.get("task")
     names = _names(metadata.get("names"))
