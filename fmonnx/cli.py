@@ -156,8 +156,11 @@ def cli() -> None:
               help="onnxruntime threads [default: onnxruntime's, the physical cores].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Threads that draw and encode the pictures [default: the cores, at most 4].")
+@click.option("--class-weights", is_flag=True,
+              help="Also weigh each layer's channels by Grad-CAM for the top class (a backward pass per image); "
+              "the page can order channels by it.")
 def render(model, images, out, ops, all_spatial, input_layout, preprocess, provider, normalization, layout, cmap,
-           save_arrays, size, max_size, report, max_channels, top, max_memory, threads, jobs):
+           save_arrays, size, max_size, report, max_channels, top, max_memory, threads, jobs, class_weights):
     """Render the feature maps of MODEL for IMAGES (files or folders) into a folder.
 
     With no arguments, renders the embedded demo CNN on a sample photo.
@@ -183,6 +186,7 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
         max_memory=_parse_memory(max_memory),
         threads=threads,
         jobs=jobs,
+        class_weights=class_weights,
     )
     progress = _Progress()
     try:

@@ -36,6 +36,7 @@ class RenderOptions:
     max_memory: int | None = None  # bytes; passes.memory_bound(model, largest tensor) when None
     threads: int | None = None  # onnxruntime's intra-op threads (its default: the physical cores)
     jobs: int | None = None  # PNG encoding threads (the cores, at most 4)
+    class_weights: bool = False  # also each layer's Grad-CAM weights for the top class (a backward pass per image)
 
 
 

@@ -9,6 +9,7 @@ and how it is laid out), ``stages.activations`` (images -> ``{name: (C, H, W)}``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..errors import FmonnxError
 from ..options import RenderOptions, check_choices
 from ..report.page import data_file, write_layer_data, write_photo, write_report
 from ..report.result import RenderResult
@@ -83,6 +85,7 @@ def render(
     plan, runner = _planned(model_path, options)
     planned = time.perf_counter()
     folders = _image_folders(image_paths)
+    weigh = _ClassWeights(model_path, options) if options.class_weights else None
     files: list[str] = []
     entries = []
     photos = []  # futures of the report's input pictures
@@ -96,6 +99,8 @@ def render(
                     size = result.preprocess.get("resize")
                     photos.append(writer.submit(0, write_photo, staging, len(photos), result.image, size))
                 job = _start_image(staging, folder, result, options, writer, spill)
+                if weigh is not None:  # its backward pass runs while the writer draws this image
+                    job.class_weights = weigh(result.image)
                 if pending is not None:
                     entries.append(_finish_image(pending, plan.input_layout, options, files, writer))
                     if progress is not None:
@@ -191,6 +196,7 @@ class _ImageJob:
     started: float
     spill: Spill  # where the per-channel columns wait for the manifest
     layers: list  # futures of (entry, files, overview row, channel stats), in layer order
+    class_weights: tuple | None = None  # ({layer name: weights}, target) or (None, problem): --class-weights
 
 
 def _start_image(
@@ -296,6 +302,8 @@ def _finish_image(job: _ImageJob, input_layout: Layout, options: RenderOptions, 
         "layers": layers,
         "problems": result.problems,
     }
+    if job.class_weights is not None:
+        _add_class_weights(image_entry, *job.class_weights)
     if result.passes is not None:
         image_entry["passes"] = result.passes
     if overview_rows:
@@ -310,3 +318,48 @@ def _finish_image(job: _ImageJob, input_layout: Layout, options: RenderOptions, 
     return image_entry
 
 
+class _ClassWeights:
+    """Each layer's Grad-CAM weights for the top class, per image (``--class-weights``): one explain
+    session for the whole render, opened at the first image.
+
+    A model the backward pass cannot be written for (an op with no gradient rule) is said once per
+    image in its problems; the render itself goes on.
+    """
+
+    def __init__(self, model_path: Path, options: RenderOptions):
+        self.model_path, self.options = model_path, options
+        self.explainer = None
+        self.failed: str | None = None  # the model-wide reason, once known
+
+    def __call__(self, image: Path) -> tuple[dict | None, dict | str]:
+        from .explain import Explainer
+
+        if self.failed is not None:
+            return None, self.failed
+        try:
+            if self.explainer is None:
+                self.explainer = Explainer(self.model_path, None, "all", "gradcam", self.options)
+                self.explainer.prepare()
+        except FmonnxError as exc:
+            self.failed = f"class weights left out: {exc}"
+            return None, self.failed
+        try:
+            explained = self.explainer.explain_image(image)
+        except FmonnxError as exc:  # this image only (e.g. over --max-memory in one run)
+            return None, f"class weights left out: {exc}"
+        return {layer.name: layer.weights for layer in explained.layers}, explained.target
+
+
+def _add_class_weights(image_entry: dict, weights: dict | None, target: dict | str) -> None:
+    """Put each layer's ``class_weights`` (channel order) and the image's ``class_target`` in its manifest entry,
+    or the reason they are missing in its problems."""
+    if weights is None:
+        image_entry["problems"] = [*image_entry["problems"], target]
+        return
+    from ..report.explain_write import target_record
+
+    image_entry["class_target"] = target_record(target)
+    for entry in image_entry["layers"]:
+        values = weights.get(entry["name"])
+        if values is not None:  # JSON has no NaN: a non-finite weight is null
+            entry["class_weights"] = [float(w) if math.isfinite(w) else None for w in values.tolist()]

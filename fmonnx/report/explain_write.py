@@ -32,7 +32,7 @@ from ..stages.overlay import channel_picture, draw_boxes, heat_overlay
 from ..stages.write import file_stem, json_pieces
 from .explain_page import write_explain_page
 
-__all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_json_text"]
+__all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_json_text", "json_data", "target_record"]
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,16 @@ MAX_INDEX_ENTRIES = 64  # a mask target's index lists beyond this are replaced b
 _CHANNEL_SIDES = (96, 192)  # a channel picture's longer side: small maps enlarged to 96 px, large ones cut to 192
 
 
-def _plain(value):
+def json_data(value):
     """``value`` as strict-JSON data: arrays to lists, numpy scalars to Python, NaN and infinity to None."""
     if isinstance(value, dict):
-        return {str(key): _plain(inner) for key, inner in value.items()}
+        return {str(key): json_data(inner) for key, inner in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(inner) for inner in value]
+        return [json_data(inner) for inner in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_data(value.tolist())
     if isinstance(value, np.generic):
-        return _plain(value.item())
+        return json_data(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Path):
@@ -91,17 +91,22 @@ class _Files:
         return relative
 
 
-def _target(target: dict, files: _Files, mask_name: str) -> dict:
-    """A target as explain.json holds it: a mask as a PNG path, a long index list as its count."""
-    plain = dict(target)
-    mask = plain.pop("mask", None)
-    plain = _plain(plain)
-    if mask is not None:
-        plain["mask"] = files.png(mask_name, np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+def target_record(target: dict) -> dict:
+    """A target as JSON holds it: plain values, without its mask array, a long index list as its count."""
+    plain = json_data({key: value for key, value in target.items() if key != "mask"})
     index = plain.get("index")
     if isinstance(index, list) and len(index) > MAX_INDEX_ENTRIES:
         plain["index"] = None
         plain["index_count"] = len(index)
+    return plain
+
+
+def _target(target: dict, files: _Files, mask_name: str) -> dict:
+    """A target as explain.json holds it: a mask as a PNG path, a long index list as its count."""
+    plain = target_record(target)
+    mask = target.get("mask")
+    if mask is not None:
+        plain["mask"] = files.png(mask_name, np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
     return plain
 
 
@@ -162,7 +167,7 @@ def _layer(layer: ExplainedLayer, index: int, photo: np.ndarray, files: _Files, 
             continue
         picture = channel_picture(activation[channel], _channel_side(activation.shape[1:]))
         entry["top_channels"].append(
-            {"channel": channel, "weight": _plain(weight), "picture": files.png(f"channels/{stem}_c{channel}.png",
+            {"channel": channel, "weight": json_data(weight), "picture": files.png(f"channels/{stem}_c{channel}.png",
                                                                                 picture)}
         )
     if save_arrays:
@@ -179,7 +184,7 @@ def _image(explained: ImageExplanation, files: _Files, save_arrays: bool, top: i
         "image": str(explained.image),
         "folder": files.folder,
         "input_shape": [int(size) for size in np.shape(explained.input)],
-        "preprocess": _plain(explained.preprocess),
+        "preprocess": json_data(explained.preprocess),
         "photo": files.png("input.png", photo),
         "target": _target(explained.target, files, "mask.png"),
         "chosen": explained.chosen,
@@ -196,12 +201,12 @@ def _image(explained: ImageExplanation, files: _Files, save_arrays: bool, top: i
         }
         for number, choice in enumerate(explained.choices)
     ]
-    record["boxes"] = _plain(explained.boxes)
+    record["boxes"] = json_data(explained.boxes)
     if explained.boxes:
         highlight = _box_index(explained.target, explained.boxes)
         record["boxes_picture"] = files.png("boxes.png", draw_boxes(photo, explained.boxes, highlight))
     record["problems"] = list(explained.problems)
-    record["seconds"] = _plain(explained.seconds)
+    record["seconds"] = json_data(explained.seconds)
     return record
 
 
@@ -245,7 +250,7 @@ def write_explanation(
         records.append(_image(explained, files, save_arrays, top_channels))
         written.extend(files.written)
         del explained  # the next image's arrays replace this one's
-    record = {**_plain(header), "images": records}
+    record = {**json_data(header), "images": records}
     if report:
         written.append(write_explain_page(root, record))
     written.append(EXPLAIN_JSON)

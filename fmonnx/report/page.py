@@ -224,6 +224,7 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
                 "channels": entry.get("channels"),
                 "data": entry.get("report_data"),
                 "png": entry.get("png"),
+                "class_weights": entry.get("class_weights"),  # render --class-weights: the page's third order
             }
         images.append(
             {
@@ -233,6 +234,7 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
                 "input_shape": image.get("input_shape"),
                 "preprocess": image.get("preprocess"),
                 "problems": image.get("problems", []),
+                "class_target": image.get("class_target"),
                 "layers": layers,
             }
         )
@@ -249,6 +251,7 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
         "colormaps": _colormaps(options.get("cmap") or DEFAULT_CMAP),
         "layers": order,
         "images": images,
+        "class_weights": any(image.get("class_target") is not None for image in manifest["images"]),
     }
 
 

@@ -151,6 +151,12 @@
       if (!(state.hideDead && dead)) order.push(c);
     }
     if (state.sort === "mean") order.sort(function (a, b) { return means[b] - means[a] || a - b; });
+    if (state.sort === "weight") {
+      /* the first shown image's weights: one order, so the images side by side line up */
+      var weights = layers[0].class_weights || [];
+      var weight = function (c) { var w = weights[c]; return w === null || w === undefined ? -Infinity : w; };
+      order.sort(function (a, b) { return weight(b) - weight(a) || a - b; });
+    }
     return order;
   }
 
@@ -332,10 +338,24 @@
     if (D.images.length > 12) $("inputs").appendChild(el("p", { className: "muted", text: "and " + (D.images.length - 12) + " more images" }));
   }
 
+  /* which image's top class orders the channels, said on the order control */
+  function sortTitle() {
+    var image = D.images[shownImages()[0]], target = image.class_target;
+    $("sort").title = state.sort !== "weight" ? "" : !target ? image.name + " has no class weights (see its problems)" :
+      "ordered by the Grad-CAM weights of " + image.name + " for its top class " +
+      (target.label !== null && target.label !== undefined ? target.label + " " : "") + JSON.stringify(target.index) +
+      " (score " + fmt(target.score) + ")" + (shownImages().length > 1 ? "; the other images follow its order" : "");
+  }
+
   function controls() {
     Object.keys(CMAPS).forEach(function (name) { $("cmap").appendChild(el("option", { value: name, text: name })); });
     $("cmap").value = state.cmap;
     $("norm").value = state.norm;
+    if (D.class_weights) {  /* render --class-weights: each channel's Grad-CAM weight for the image's top class */
+      $("sort").appendChild(el("option", { value: "weight", text: "by weight for the top class",
+        title: "Grad-CAM weight of each channel for the image's top class, largest first; with images side by " +
+          "side, the first shown image's weights order them all" }));
+    }
     if (D.images.length > 1) {
       $("image-choice").hidden = false;
       var all = D.images.length > SIDE_BY_SIDE ? "first " + SIDE_BY_SIDE + ", side by side" : "all, side by side";
@@ -345,9 +365,9 @@
     }
     $("cmap").addEventListener("change", function () { state.cmap = this.value; redraw(); });
     $("norm").addEventListener("change", function () { state.norm = this.value; redraw(); });
-    $("sort").addEventListener("change", function () { state.sort = this.value; rebuild(); });
+    $("sort").addEventListener("change", function () { state.sort = this.value; sortTitle(); rebuild(); });
     $("hide-dead").addEventListener("change", function () { state.hideDead = this.checked; rebuild(); });
-    $("image").addEventListener("change", function () { state.image = this.value; rebuild(); });
+    $("image").addEventListener("change", function () { state.image = this.value; sortTitle(); rebuild(); });
     $("close").addEventListener("click", closeDetail);
   }
 
