@@ -14,8 +14,13 @@ Run with the zoo packages beside torch (``bash benchmarks/setup_sweep_torch213.s
 
     PYTHONPATH=/tmp/timmpath python benchmarks/explain_zoo.py [--models tv:resnet18,yolo11n]
 
-Prints per model and path: layers compared, the worst relative L2 (and its layer), whether it is
-below 1e-2, and explain's wall time.
+Prints per model and path: layers compared, how many are below 1e-2, the worst relative L2 (and its
+layer), and explain's wall time.
+
+A max pooling whose window holds two values one float step apart can pick a different one in
+onnxruntime than in torch (their forward values differ in the last bits), and the gradient then
+reaches a different pixel and everything before it: YOLO11n's SPPF pools its own output three
+times, and the layers before it show such flips (five of 12800 picks, one step apart).
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def autograd_calls(torch, model, x: np.ndarray, score):
     for module in {id(m): m for m in model.modules()}.values():
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
-        result = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+        # the input asks for a gradient, so every output has one even where the weights are frozen (a YOLO)
+        result = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_())
     finally:
         for handle in handles:
             handle.remove()
@@ -148,7 +154,8 @@ def score_of(torch, target: dict):
 def hold(torch, ex, model) -> dict:
     """Compare every explained layer with autograd on ``model``."""
     score, activations, gradients = autograd_calls(torch, model, ex.input, score_of(torch, ex.target))
-    worst, worst_name, compared, skipped, unmatched = 0.0, "", 0, 0, 0
+    worst, worst_name, compared, skipped, unmatched, within = 0.0, "", 0, 0, 0, 0
+    missing: list[str] = []
     for layer in ex.layers:
         names = [n for n in (layer.name, *layer.also_output_of) if n in gradients]
         if layer.folded_batchnorm:
@@ -156,16 +163,19 @@ def hold(torch, ex, model) -> dict:
             continue
         if not names:
             unmatched += 1
+            missing.append(f"{layer.name} (no such call)")
             continue
         reference = gradients[names[0]][0]
         if layer.gradient.shape != reference.shape or relative(layer.activation, activations[names[0]][0]) > 1e-3:
             unmatched += 1  # not the values of that call (e.g. a layout fmonnx could not prove)
+            missing.append(f"{layer.name} (other values)")
             continue
         error = relative(layer.gradient, reference)
         compared += 1
+        within += error < TOLERANCE
         if error > worst:
             worst, worst_name = error, layer.name
-    return {"compared": compared, "worst": worst, "worst_layer": worst_name, "skipped": skipped,
+    return {"compared": compared, "within": within, "worst": worst, "missing": missing, "worst_layer": worst_name, "skipped": skipped,
             "unmatched": unmatched, "layers": len(ex.layers), "score_error": abs(score - ex.target["score"])}
 
 
@@ -194,16 +204,18 @@ def run_one(torch, name: str, path_kind: str, folder: Path, image: Path) -> dict
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<22} {'path':<8} {'target':<6} {'compared':>8} {'skip':>4} {'unm':>4} {'worst rel L2':>12} "
-          f"{'<1e-2':>5} {'explain s':>9}  worst layer / error")
+    print(f"{'model':<22} {'path':<8} {'target':<6} {'compared':>8} {'skip':>4} {'unm':>4} {'<1e-2':>6} "
+          f"{'worst rel L2':>12} {'explain s':>9}  worst layer / error")
     for row in rows:
         if "error" in row:
             print(f"{row['model']:<22} {row['path']:<8} ERROR {row['error']}")
             continue
-        ok = "yes" if row["compared"] and row["worst"] < TOLERANCE else "NO"
         print(f"{row['model']:<22} {row['path']:<8} {row['kind']:<6} {row['compared']:>4}/{row['layers']:<3} "
-              f"{row['skipped']:>4} {row['unmatched']:>4} {row['worst']:>12.2e} {ok:>5} {row['seconds']:>9.2f}  "
-              f"{row['worst_layer']}")
+              f"{row['skipped']:>4} {row['unmatched']:>4} {row['within']:>6} {row['worst']:>12.2e} "
+              f"{row['seconds']:>9.2f}  {row['worst_layer']}")
+    for row in rows:
+        if row.get("missing"):
+            print(f"  {row['model']} {row['path']} unmatched: {', '.join(row['missing'][:6])}")
 
 
 def main(argv=None) -> int:
