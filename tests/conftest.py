@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+# scripts/setup_zoo.sh puts torchvision, timm and pytorch-grad-cam here, beside the venv's torch: appended,
+# so the venv's own packages come first (tests/test_explain_zoo.py skips without them)
+ZOO = Path(__file__).resolve().parent.parent / ".zoo"
+if ZOO.is_dir() and str(ZOO) not in sys.path:
+    sys.path.append(str(ZOO))
 
 
 def make_model(nodes, inputs, outputs, initializers=(), producer="fmonnx-tests", opset=17) -> onnx.ModelProto:

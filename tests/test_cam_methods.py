@@ -95,10 +95,10 @@ def test_combine_and_to_image_against_torch():
     up = (up - up.min()) / (up.max() - up.min())
     np.testing.assert_allclose(image, up, atol=1e-6)
     assert image.min() == 0 and image.max() == 1
-    # Score-CAM's masks: the same upsampling, per channel
+    # Score-CAM's masks: per channel, corners aligned (pytorch-grad-cam's UpsamplingBilinear2d)
     masks = cam.score_cam_masks(activation, (9, 7))
     ups = torch.nn.functional.interpolate(torch.tensor(activation, dtype=torch.float64)[None], size=(9, 7),
-                                          mode="bilinear", align_corners=False)[0].numpy()
+                                          mode="bilinear", align_corners=True)[0].numpy()
     low, high = ups.min(axis=(1, 2), keepdims=True), ups.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(masks, (ups - low) / (high - low), atol=1e-6)
 

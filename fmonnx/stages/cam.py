@@ -113,9 +113,11 @@ def score_cam_masks(activation, input_hw) -> np.ndarray:
     """Score-CAM's masks (Wang et al. 2020, eq. 3-4): each channel upsampled bilinearly to the input's
     (H, W) and min-max normalised to 0..1; a flat channel gives zeros. (C, H, W) float32.
 
+    The upsampling aligns corners, as pytorch-grad-cam's (``UpsamplingBilinear2d``): from a small layer
+    the masks differ much from half-pixel ones, and the softmax over channels magnifies that.
     pytorch-grad-cam divides a constant channel by zero (NaN); here it masks the whole input out.
     """
-    upsampled = resize(_chw(activation, "activation"), input_hw).astype(np.float64)
+    upsampled = resize(_chw(activation, "activation"), input_hw, align_corners=True).astype(np.float64)
     low = upsampled.min(axis=(1, 2), keepdims=True)
     high = upsampled.max(axis=(1, 2), keepdims=True)
     flat = flat_spread(low, high)
@@ -169,9 +171,13 @@ def to_image(raw, size) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-def _axis_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) matrix of half-pixel bilinear weights with edge replication."""
-    position = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+def _axis_weights(size_in: int, size_out: int, align_corners: bool = False) -> np.ndarray:
+    """(size_out, size_in) matrix of bilinear weights: half-pixel centres with edge replication, or
+    ``align_corners`` (the first and last samples on the first and last pixels)."""
+    if align_corners:
+        position = np.arange(size_out) * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    else:
+        position = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
     position = np.clip(position, 0, size_in - 1)
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, size_in - 1)
@@ -183,13 +189,13 @@ def _axis_weights(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
-def resize(maps, size) -> np.ndarray:
-    """Bilinear resize of (C, H, W) to (C, height, width), half-pixel centres (``align_corners=False``)."""
+def resize(maps, size, align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of (C, H, W) to (C, height, width), half-pixel centres unless ``align_corners``."""
     maps = np.asarray(maps)
     height, width = (int(x) for x in size)
     if maps.shape[1:] == (height, width):
         return maps.astype(np.float32)
-    rows = _axis_weights(maps.shape[1], height)
-    cols = _axis_weights(maps.shape[2], width)
+    rows = _axis_weights(maps.shape[1], height, align_corners)
+    cols = _axis_weights(maps.shape[2], width, align_corners)
     # two matrix products (BLAS), not one einsum: numpy's unoptimized einsum loops over all five axes
     return (rows @ maps.astype(np.float64) @ cols.T).astype(np.float32)
