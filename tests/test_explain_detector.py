@@ -162,3 +162,13 @@ def test_detector_without_metadata_is_taken_by_its_shape_and_says_so(tmp_path, p
     assert bare.target["label"] == f"class {with_names.boxes[0]['class']}"
     assert any("from its shape alone" in problem for problem in bare.explained.problems)
     np.testing.assert_allclose(bare.layers[0].gradient, with_names.layers[0].gradient)
+
+
+def test_default_layer_is_behind_the_class_convolution(tmp_path, photo):
+    """The class convolution is the score's own map (Grad-CAM there weighs the target's channel alone): the
+    default layer is the last one that reaches the score through a weighted op."""
+    path = detector(tmp_path)
+    every = [layer.name for layer in fmonnx.explain(path, photo, layers="all").layers]
+    assert every[-1] == "cls_conv"
+    (layer,) = fmonnx.explain(path, photo).layers
+    assert layer.name == "act3" and layer.depends

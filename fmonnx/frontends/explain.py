@@ -33,6 +33,7 @@ from ..stages.explain_graph import (
     build_explain_graph,
     build_forward_graph,
     score_depends_on,
+    weighted_ancestors,
 )
 from ..stages.explained import ExplainedLayer, ImageExplanation, TargetChoice
 from ..stages.layout import Layout, chw_shape
@@ -172,7 +173,10 @@ class Explainer:
 
     # --- the session
     def _default_layer(self) -> _Layer:
-        """The last layer render shows whose H and W exceed 1 and on which the score depends."""
+        """The last layer render shows whose H and W exceed 1, on which the score depends through a weighted
+        op (Conv, Gemm, MatMul...). A layer that reaches the score without one is the score's own map (a
+        detector's or segmenter's class convolution): Grad-CAM there weighs one channel, the target's, and
+        says nothing about the features behind it. When no layer qualifies, the last one the score reads."""
         model = self.plan.loaded.model
         scored, _ = score_tensor(model, self.output)
         tensors = [layer.named.candidate.tensor for layer in self.layers]
@@ -182,7 +186,9 @@ class Explainer:
         if not candidates:
             raise FmonnxError(f"the score on {self.output!r} depends on no layer render shows with H and W above 1; "
                               "pass --layer NAME")
-        return candidates[-1]
+        weighted = weighted_ancestors(model, scored)
+        behind = [layer for layer in candidates if layer.named.candidate.tensor in weighted]
+        return (behind or candidates)[-1]
 
     def prepare(self) -> None:
         """Write the backward pass (gradient methods) and open the session, once."""

@@ -37,6 +37,7 @@ __all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_js
 log = logging.getLogger(__name__)
 
 EXPLAIN_JSON = "explain.json"
+BOXES_DRAWN = 10  # detections drawn on the boxes picture (all of them are in explain.json)
 MAX_INDEX_ENTRIES = 64  # a mask target's index lists beyond this are replaced by their count
 _CHANNEL_SIDES = (96, 192)  # a channel picture's longer side: small maps enlarged to 96 px, large ones cut to 192
 
@@ -204,7 +205,10 @@ def _image(explained: ImageExplanation, files: _Files, save_arrays: bool, top: i
     record["boxes"] = json_data(explained.boxes)
     if explained.boxes:
         highlight = _box_index(explained.target, explained.boxes)
-        record["boxes_picture"] = files.png("boxes.png", draw_boxes(photo, explained.boxes, highlight))
+        # the best boxes only: an untrained detector keeps dozens, ranked whatever their confidence
+        shown = explained.boxes[: max(BOXES_DRAWN, (highlight or 0) + 1)]
+        record["boxes_picture"] = files.png("boxes.png", draw_boxes(photo, shown, highlight))
+        record["boxes_drawn"] = len(shown)
     record["problems"] = list(explained.problems)
     record["seconds"] = json_data(explained.seconds)
     return record

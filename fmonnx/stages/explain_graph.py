@@ -26,7 +26,10 @@ from .score import score_tensor, top1_seed
 from .shapes import TensorType, infer_types
 from .tokens import ADDED_NODE_PREFIX, MAP_SUFFIX, added_nodes
 
-__all__ = ["ExplainGraph", "build_explain_graph", "build_forward_graph", "score_depends_on", "SEED", "USE_TOP1"]
+__all__ = [
+    "ExplainGraph", "build_explain_graph", "build_forward_graph", "score_depends_on", "weighted_ancestors", "SEED",
+    "USE_TOP1",
+]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,31 @@ def score_depends_on(model: onnx.ModelProto, scored: str, tensors: list[str]) ->
     ancestors = _ancestors(model, scored)
     return {tensor for tensor in tensors
             if _view_of(model, _token_source(model, tensor) or tensor, ancestors)[0] in ancestors}
+
+
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "QLinearConv", "ConvInteger"})
+
+
+def weighted_ancestors(model: onnx.ModelProto, scored: str) -> set[str]:
+    """The tensors from which ``scored`` is reached through at least one weighted op (Conv, Gemm, MatMul...),
+    views of them (a Keras layer's Transpose) and token maps counted by what they show."""
+    plain, weighted = {scored}, set()
+    for node in reversed(model.graph.node):
+        outputs = [out for out in node.output if out]
+        if any(out in weighted for out in outputs) or (node.op_type in _WEIGHTED_OPS and
+                                                        any(out in plain for out in outputs)):
+            weighted.update(name for name in node.input if name)
+        elif any(out in plain for out in outputs):
+            plain.update(name for name in node.input if name)
+    found = set(weighted)
+    for node in model.graph.node:
+        if node.op_type in _VIEW_OPS and node.input and node.input[0] in found:
+            found.update(node.output)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for out, node in producers.items():
+        if node.name.startswith(ADDED_NODE_PREFIX) and out.endswith(MAP_SUFFIX) and out[: -len(MAP_SUFFIX)] in found:
+            found.add(out)
+    return found
 
 
 def build_forward_graph(model: onnx.ModelProto, output: str, layers: list[str],

@@ -63,7 +63,7 @@
       el("figure", {}, el("img", { class: "photo", alt: "input", src: image.photo }), el("figcaption", { text: `input ${JSON.stringify(image.input_shape)}` })),
       el("figure", {}, main, caption));
     if (image.boxes_picture) {
-      top.append(el("figure", {}, el("img", { class: "boxes", alt: "detections", src: image.boxes_picture }), el("figcaption", { text: `${image.boxes.length} detections` })));
+      top.append(el("figure", {}, el("img", { class: "boxes", alt: "detections", src: image.boxes_picture }), el("figcaption", { text: image.boxes_drawn && image.boxes_drawn < image.boxes.length ? `the best ${image.boxes_drawn} of ${image.boxes.length} detections` : `${image.boxes.length} detections` })));
     }
     const picker = el("div", { class: "picker", role: "group", "aria-label": "Target" }, el("strong", { text: "Target" }));
     choices.forEach((choice, index) => {
