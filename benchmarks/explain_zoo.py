@@ -46,7 +46,8 @@ MODELS = {  # name: (builder, input side, paths)
     "tv:mobilenet_v3_small": ("tv:mobilenet_v3_small", 224, ("convert", "script")),
     "timm:resnet18": ("timm:resnet18", 224, ("convert", "script")),
     "timm:convnext_atto": ("timm:convnext_atto", 224, ("convert",)),
-    "tv:lraspp": ("tv:lraspp_mobilenet_v3_large", 224, ("convert",)),
+    "tv:lraspp": ("tv:lraspp_mobilenet_v3_large", 224, ("convert", "script")),
+    "tv:fcn_resnet50": ("tv:fcn_resnet50", 224, ("convert",)),
     "yolo11n": ("ultra:yolo11n.yaml", 320, ("ultra", "convert")),
 }
 
@@ -65,7 +66,7 @@ def build(torch, spec: str):
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None, **({"weights_backbone": None}
-                                                                     if "lraspp" in name else {}))
+                                                                     if name.startswith(("lraspp", "fcn", "deeplab")) else {}))
     else:
         import timm
 
