@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_families import exception_line, fused_copy, quiet  # noqa: E402
+from sweep_families import exception_line, fused_copy, hook_calls, quiet  # noqa: E402
 from sweep_torch import randomize_batchnorms  # noqa: E402
 
 TOLERANCE = 1e-2
@@ -65,8 +65,8 @@ def build(torch, spec: str):
     elif kind == "tv":
         import torchvision
 
-        model = torchvision.models.get_model(name, weights=None, **({"weights_backbone": None}
-                                                                     if name.startswith(("lraspp", "fcn", "deeplab")) else {}))
+        segmenter = name.startswith(("lraspp", "fcn", "deeplab"))  # their backbone weights would be downloaded
+        model = torchvision.models.get_model(name, weights=None, **({"weights_backbone": None} if segmenter else {}))
     else:
         import timm
 
@@ -97,28 +97,8 @@ def autograd_calls(torch, model, x: np.ndarray, score):
     were reached through (``path``, ``path#2`` for a second call)."""
     from fmonnx.stages.names import call_name
 
-    first_path = {id(module): path for path, module in model.named_modules()}
     calls: dict[str, list] = {}
-    stack: list[tuple[str, object]] = []
-
-    def before(module, _inputs):
-        path = first_path.get(id(module), "")
-        if stack:
-            parent_path, parent = stack[-1]
-            for name, child in parent._modules.items():
-                if child is module:
-                    path = f"{parent_path}.{name}" if parent_path else name
-                    break
-        stack.append((path, module))
-
-    def after(_module, _inputs, output):
-        path, _ = stack.pop()
-        if path:
-            calls.setdefault(path, []).append(output)
-
-    handles = []
-    for module in {id(m): m for m in model.modules()}.values():
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    handles = hook_calls(model, lambda path, output: calls.setdefault(path, []).append(output))
     try:
         # the input asks for a gradient, so every output has one even where the weights are frozen (a YOLO)
         result = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_())
@@ -176,7 +156,8 @@ def hold(torch, ex, model) -> dict:
         within += error < TOLERANCE
         if error > worst:
             worst, worst_name = error, layer.name
-    return {"compared": compared, "within": within, "worst": worst, "missing": missing, "worst_layer": worst_name, "skipped": skipped,
+    return {"compared": compared, "within": within, "worst": worst, "missing": missing, "worst_layer": worst_name,
+            "skipped": skipped,
             "unmatched": unmatched, "layers": len(ex.layers), "score_error": abs(score - ex.target["score"])}
 
 

@@ -180,16 +180,11 @@ def build(torch, spec: str):
     return model.eval(), yolo
 
 
-def hooked_calls(torch, model, x: np.ndarray) -> dict[str, list[list[np.ndarray]]]:
-    """Every call of every submodule by the path it was reached through: ``{path: [call 1's outputs, ...]}``.
-
-    Unlike sweep_torch's (one hook per module, its first path), a module shared among parents
-    (ultralytics' one SiLU) is recorded under each parent's path for it (``model.2.cv1.act``), as fmonnx
-    names it. Outputs of rank 3 (token sequences) are kept beside those of rank 4. A rank-3 ``x`` is a
-    detector's one image: the module is called with ``[x]``.
-    """
+def hook_calls(model, record) -> list:
+    """Hooks that call ``record(path, output)`` after every call of every submodule, with the path it was
+    reached through: a module shared among parents (ultralytics' one SiLU) gets each parent's path for it
+    (``model.2.cv1.act``), as fmonnx names it. Returns the handles (remove them when done)."""
     first_path = {id(module): path for path, module in model.named_modules()}
-    calls: dict[str, list[list[np.ndarray]]] = {}
     stack: list[tuple[str, object]] = []
 
     def before(module, _inputs):
@@ -204,13 +199,30 @@ def hooked_calls(torch, model, x: np.ndarray) -> dict[str, list[list[np.ndarray]
 
     def after(_module, _inputs, output):
         path, _ = stack.pop()
-        if path:  # copies: a later in-place op must not change them
-            arrays = [t.detach().float().numpy().copy() for t in tensors_of(output) if t.dim() in (3, 4)]
-            calls.setdefault(path, []).append(arrays)
+        if path:
+            record(path, output)
 
     handles = []
     for module in {id(m): m for m in model.modules()}.values():
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    return handles
+
+
+def hooked_calls(torch, model, x: np.ndarray) -> dict[str, list[list[np.ndarray]]]:
+    """Every call of every submodule by the path it was reached through (``hook_calls``):
+    ``{path: [call 1's outputs, ...]}``.
+
+    Unlike sweep_torch's (one hook per module, its first path), a shared module is recorded under each
+    parent's path. Outputs of rank 3 (token sequences) are kept beside those of rank 4. A rank-3 ``x`` is a
+    detector's one image: the module is called with ``[x]``.
+    """
+    calls: dict[str, list[list[np.ndarray]]] = {}
+
+    def record(path, output):  # copies: a later in-place op must not change them
+        arrays = [t.detach().float().numpy().copy() for t in tensors_of(output) if t.dim() in (3, 4)]
+        calls.setdefault(path, []).append(arrays)
+
+    handles = hook_calls(model, record)
     try:
         with torch.no_grad():
             tensor = torch.from_numpy(x)
