@@ -347,14 +347,16 @@ def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as
               "only for files you trust.")
 @click.option("--force", is_flag=True, help="Overwrite the ONNX file if it exists.")
 def convert(model, out, opset, check, rtol, atol, unsafe, force):
-    """Convert a Keras MODEL (.h5, .keras) or a PyTorch torch.export file (.pt2) to ONNX, keeping its layer names.
+    """Convert a Keras MODEL (.h5, .keras), a PyTorch torch.export file (.pt2) or a TFLite file (.tflite) to
+    ONNX, keeping its layer names, checked layer by layer against the framework.
 
-    Needs the keras extra (pip install -e '.[keras]') or the torch extra (pip install -e '.[torch]').
-    Keras Lambda layers, and .pt2 files holding pickles or code, are refused unless --unsafe.
+    Needs the keras extra (pip install -e '.[keras]', also for TFLite) or the torch extra (pip install -e
+    '.[torch]'). Keras Lambda layers, and .pt2 files holding pickles or code, are refused unless --unsafe.
     """
     from pathlib import Path
 
-    from .sources.pytorch.pt2_file import is_pt2_file
+    from .sources.dispatch import convert as convert_model
+    from .sources.registry import source_by_suffix, source_for
 
     target = Path(out) if out else Path(model).with_suffix(".onnx")
     # Checked before the slow conversion, not after it.
@@ -363,27 +365,13 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
     if target.exists() and not force:
         raise FmonnxError(f"{target} already exists; pass --force to overwrite it, or choose another path with -o")
     # A failed check raises CheckFailedError, whose message holds the check's summary.
-    if is_pt2_file(model):
-        from .sources.pytorch.convert import convert_pt2
-
-        result = convert_pt2(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
-        result.save(target, force=force)
-        spatial = "any height and width" if result.dynamic else f"fixed size {list(result.example_shape)[2:]}"
-        click.echo(f"Loaded {model} with torch {result.source['torch_version']}; "
-                   f"{len(result.layers)} module calls with 4-D outputs; {spatial}; opset {result.source['opset']}")
-    else:
-        from .sources.keras.convert import convert_keras, write_model
-
-        result = convert_keras(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
-        write_model(result.model, target, force=force)
-        click.echo(f"Loaded {model} with {result.loader} (saved by Keras {result.keras_version}); "
-                   f"{len(result.layers)} layers with 4-D outputs")
+    result = convert_model(model, opset=opset, check=check, rtol=rtol, atol=atol, unsafe=unsafe)
+    result.save(target, force=force)
+    source = source_for(model) or source_by_suffix(model)
+    click.echo(f"{model}: {source.summary(result)}")
     if result.check is not None:
         click.echo(result.check.summary())
     click.echo(f"Wrote {target} in {result.seconds:.1f} s")
-
-
-_MODEL_SUFFIXES = (".onnx", ".h5", ".hdf5", ".keras")
 
 
 @cli.command(name="compare")
@@ -431,9 +419,10 @@ def compare(a, rest, out, ops, all_spatial, input_layout, preprocess, provider_a
     from .frontends.compare import DIVERGED_EXIT_CODE
     from .frontends.compare import compare as compare_models
     from .options import RenderOptions
+    from .sources.registry import model_suffixes
 
     rest = list(rest)
-    b = rest.pop(0) if rest and Path(rest[0]).suffix.lower() in _MODEL_SUFFIXES else None
+    b = rest.pop(0) if rest and Path(rest[0]).suffix.lower() in model_suffixes() else None
     options = RenderOptions(
         ops=_parse_ops(ops),
         all_spatial=all_spatial,

@@ -30,7 +30,7 @@ from ..errors import ModelError
 from ..options import RenderOptions, check_choices
 from ..report.compare_page import write_compare_page
 from ..report.compare_result import RECORD, CompareResult, record_json
-from ..sources.keras.file import is_keras_file
+from ..sources.registry import source_for
 from ..stages.activations import ImageActivations, LayerActivation, run_images
 from ..stages.agreement import Agreement, Tolerance
 from ..stages.layout import Layout
@@ -105,7 +105,8 @@ def compare(
     path_b = Path(b) if b is not None else path_a
     image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
     keras_a = None
-    if b is None and path_a.is_file() and is_keras_file(path_a):
+    source_a = source_for(path_a) if b is None else None
+    if source_a is not None and source_a.name == "keras":
         # A Keras file alone: Keras's own layer outputs (A) against its ONNX conversion (B)
         from ..sources.keras.layer_outputs import KerasLayers
 

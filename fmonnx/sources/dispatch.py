@@ -1,11 +1,10 @@
 """``fmonnx.convert``: one entry point for every source, chosen by what is given.
 
 - a ``torch.nn.Module``: ``pytorch.convert.convert_module`` (with ``example_input``);
-- a ``.pt2`` path (``torch.export.save``): ``pytorch.convert.convert_pt2``;
-- a Keras ``.keras``/``.h5`` path: ``keras.convert.convert_keras``.
+- a file path: the source the registry finds for it (``registry.py``: Keras, .pt2, TFLite).
 
-Each returns a result whose ``model`` is the checked ONNX ModelProto with the
-``fmonnx.layers`` metadata; a PyTorch result writes itself with ``.save(path)``.
+Each returns a ``conversion.Conversion``: ``model`` is the checked ONNX ModelProto with the
+``fmonnx.layers`` metadata, ``save(path)`` writes it.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .inputs import is_torch_module, module_state, remember_conversion
-from .keras.file import is_keras_file
-from .pytorch.pt2_file import is_pt2_file
+from .registry import described, source_by_suffix, source_for
 
 __all__ = ["convert"]
 
@@ -34,7 +32,7 @@ def convert(
     atol: float | None = None,
     unsafe: bool = False,
 ):
-    """Convert ``model`` (an nn.Module, or a .pt2 or Keras file path) to a checked ONNX model.
+    """Convert ``model`` (an nn.Module, or a model file: .pt2, Keras, TFLite) to a checked ONNX model.
 
     ``example_input`` ((1, C, H, W), modules only) sets the traced and checked
     shape [default: (1, C, 224, 224)]. ``check`` compares the framework and
@@ -58,17 +56,10 @@ def convert(
     path = Path(model)
     if example_input is not None:
         raise ModelError(f"example_input applies to nn.Module objects; {path.name} carries its own input shape")
-    if is_pt2_file(path):
-        from .pytorch.convert import convert_pt2
-
-        return convert_pt2(path, unsafe=unsafe, **options)
     if path.suffix.lower() == ".onnx":
         raise ModelError(f"{path} is already an ONNX model; pass it to render, layers or stats as it is")
-    if is_keras_file(path):
-        from .keras.convert import convert_keras
-
-        return convert_keras(path, unsafe=unsafe, **options)
-    raise ModelError(
-        f"{path} is neither a .pt2 (torch.export) nor a Keras (.keras, .h5) file; "
-        "fmonnx converts those, and nn.Module objects"
-    )
+    source = source_for(path) or source_by_suffix(path)
+    if source is None:
+        raise ModelError(f"{path} is not a model file fmonnx converts; it converts {described()}, and nn.Module "
+                         "objects")
+    return source.convert(path, unsafe=unsafe, **options)

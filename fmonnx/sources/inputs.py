@@ -1,7 +1,7 @@
 """Models that are not ONNX files, given to ``render``, ``layers``, ``stats``: converted on the fly.
 
-- a Keras ``.h5``/``.keras`` file, converted by sources/keras (checked, Lambda layers refused);
-- a ``torch.export`` ``.pt2`` file, converted by sources/pytorch (vetted, checked);
+- a model file the source registry (registry.py) recognises: Keras ``.h5``/``.keras`` (checked,
+  Lambda layers refused), ``torch.export`` ``.pt2`` (vetted, checked), TFLite ``.tflite`` (checked);
 - an ``nn.Module`` object, converted by sources/pytorch (``fmonnx.convert(module,
   example_input)`` first, and pass its result, for another example input);
 - a conversion result (``fmonnx.convert(...)``): its checked model as it is.
@@ -29,8 +29,8 @@ import weakref
 from pathlib import Path
 
 from ..errors import ModelError
-from .keras.file import is_keras_file
-from .pytorch.pt2_file import SAVE_HINT, is_pt2_file
+from .pytorch.pt2_file import SAVE_HINT
+from .registry import described, source_for
 
 __all__ = [
     "onnx_path_for", "conversion_record", "as_model_path", "is_torch_module", "module_state", "remember_conversion",
@@ -71,12 +71,10 @@ def _is_result(model) -> bool:
 
 
 def _record(result) -> dict:
+    """What a conversion (``conversion.Conversion``) made the model from, for the manifest's ``source``."""
     check = result.check.summary() if result.check is not None else None
-    if hasattr(result, "source"):  # PyTorch
-        return {"converted_from": result.source.get("file") or result.source.get("module"), **result.source,
-                "check": check, "seconds": round(result.seconds, 3)}
-    return {"converted_from": "", "loader": result.loader, "keras_version": result.keras_version, "check": check,
-            "seconds": round(result.seconds, 3)}
+    made_from = result.source.get("file") or result.source.get("module") or ""
+    return {"converted_from": made_from, **result.source, "check": check, "seconds": round(result.seconds, 3)}
 
 
 def _store(result, stem: str, record: dict) -> Path:
@@ -151,16 +149,8 @@ def _module_path(module) -> Path:
 def _file_path(path: Path) -> Path:
     key = _key(path)
     if key not in _converted:
-        if is_pt2_file(path):
-            from .pytorch.convert import convert_pt2
-
-            result = convert_pt2(path)
-            record = {**_record(result), "converted_from": str(path)}
-        else:
-            from .keras.convert import convert_keras
-
-            result = convert_keras(path)
-            record = {**_record(result), "converted_from": str(path)}
+        result = source_for(path).convert(path)
+        record = {**_record(result), "converted_from": str(path)}
         _converted[key] = (_store(result, path.stem, record), record)
         log.info("converted %s in %.1f s", path, result.seconds)
     return _converted[key][0]
@@ -178,7 +168,7 @@ def onnx_path_for(model) -> Path:
         return cached
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(
-            f"cannot read a model from a {type(model).__name__}; pass an ONNX, Keras or .pt2 file path, "
+            f"cannot read a model from a {type(model).__name__}; pass an ONNX file path, {described()}, "
             "a torch.nn.Module, or the result of fmonnx.convert"
         )
     path = Path(model)
@@ -189,7 +179,7 @@ def onnx_path_for(model) -> Path:
         )
     if not path.is_file():
         return path
-    if is_pt2_file(path) or is_keras_file(path):
+    if source_for(path) is not None:
         return _file_path(path)
     return path
 
@@ -208,7 +198,7 @@ def conversion_record(model) -> dict | None:
     path = Path(model)
     if path in _records_by_path:
         return _records_by_path[path]
-    if not path.is_file() or not (is_pt2_file(path) or is_keras_file(path)):
+    if source_for(path) is None:
         return None
     entry = _converted.get(_key(path))
     return entry[1] if entry else None

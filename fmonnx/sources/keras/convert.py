@@ -44,6 +44,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -110,6 +111,15 @@ class ConversionResult:
     layers: list[dict]
     check: CheckReport | None
     seconds: float
+
+    @property
+    def source(self) -> dict:
+        """Where the model came from (sources.conversion.Conversion's ``source``)."""
+        return {"framework": "keras", "loader": self.loader, "keras_version": self.keras_version}
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write the ONNX model to ``path`` (atomically; an existing file only with ``force``)."""
+        return write_model(self.model, path, force=force)
 
 
 def convert_keras(

@@ -1,0 +1,48 @@
+"""What every source's converter returns: the checked ONNX model and how it was made.
+
+``Conversion`` is the protocol every command reads (convert, render, compare, scan, explain);
+``ConvertedModel`` is the one implementation the sources build. ``source`` says where the model
+came from (``framework`` and what the source adds: ``file``, ``module``, ``loader``,
+``keras_version``...); ``layers`` is the ``fmonnx.layers`` list (also in the model's metadata);
+``check`` is None when the check was skipped; ``seconds`` the wall time of the whole conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import onnx
+
+from .write import write_model
+
+__all__ = ["Conversion", "ConvertedModel"]
+
+
+@runtime_checkable
+class Conversion(Protocol):
+    model: onnx.ModelProto
+    layers: list[dict]
+    source: dict
+    check: object | None  # sources.check.CheckReport
+    seconds: float
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path: ...
+
+
+@dataclass
+class ConvertedModel:
+    """A converted model (see the module docstring); ``details`` holds what one source alone records."""
+
+    model: onnx.ModelProto
+    layers: list[dict]
+    source: dict
+    check: object | None
+    seconds: float
+    details: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write the ONNX model to ``path`` (atomically; an existing file only with ``force``)."""
+        return write_model(self.model, path, force=force)
