@@ -29,22 +29,60 @@ any round moves something; the original stopped after its first round without
 a move, leaving the Transposes it had just split into branches where they
 were. So it removes more of them (ResNet50: 104 Transposes left instead of
 223, MobileNetV2 104 instead of 195); the layer-by-layer check covers the result.
-``linear_time`` installs them on tf2onnx's classes while its block runs.
+``linear_time`` installs them on tf2onnx's classes while its block runs, only on the
+tf2onnx releases they were written for (``TF2ONNX_VERSIONS``, pyproject's bound) and when
+every private method they replace or call is there with the expected parameters; otherwise
+it logs one warning and tf2onnx converts unpatched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import inspect
 import logging
+import re
 from types import ModuleType
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["reachable_nodes", "fold_constant_reshapes", "move_transposes", "linear_time", "freeing_optimizers"]
+__all__ = [
+    "TF2ONNX_VERSIONS",
+    "reachable_nodes",
+    "fold_constant_reshapes",
+    "move_transposes",
+    "linear_time",
+    "freeing_optimizers",
+    "unpatchable",
+]
 
 logger = logging.getLogger(__name__)
+
+# The tf2onnx releases the patches were written for, as (lowest, first excluded) minor versions:
+# 1.16.0 to 1.17.0 have the same code in every method below. pyproject's [keras] bound is tested equal.
+TF2ONNX_VERSIONS = ((1, 16), (1, 18))
+
+# The private tf2onnx functions the patches replace or call, as (module path, class or "", name,
+# parameter names). A release that renames one (say, fixes "tranpose") must not reach the patches.
+_TRANSPOSE = "tf2onnx.optimizer.transpose_optimizer"
+_PRIVATE_API = [
+    (
+        "tf2onnx.graph",
+        "Graph",
+        "extract_sub_graph_nodes",
+        ("self", "outputs_name", "input_checker", "remove_unused_inputs"),
+    ),
+    (_TRANSPOSE, "TransposeOptimizer", "pre_optimize_action", ("self",)),
+    (_TRANSPOSE, "TransposeOptimizer", "_optimize_at_current_graph_level", ("self", "graph")),
+    (_TRANSPOSE, "TransposeOptimizer", "_handle_nhwc_tranpose", ("self", "trans")),
+    (_TRANSPOSE, "TransposeOptimizer", "_remove_useless_tranpose", ("self", "trans")),
+    (_TRANSPOSE, "TransposeOptimizer", "merge_duplicated_transposes", ("self",)),
+    (_TRANSPOSE, "TransposeOptimizer", "post_optimize_action", ("self",)),
+    (_TRANSPOSE, "", "is_transpose", ("transpose_node",)),
+    (_TRANSPOSE, "", "is_useless_transpose", ("transpose_node",)),
+]
 
 
 def reachable_nodes(graph, outputs_name, input_checker=None, remove_unused_inputs=True) -> list:
@@ -132,6 +170,12 @@ def move_transposes(optimizer, graph):
 def linear_time(tf2onnx: ModuleType, free_copies: bool = False) -> Iterator[None]:
     """Install the linear-time replacements on tf2onnx's classes while the block runs, and with
     ``free_copies`` its optimizers that free the graph copies (``freeing_optimizers``)."""
+    problem = unpatchable(tf2onnx)
+    if problem is not None:
+        # All or nothing, the freeing optimizers included: they too replace a private table.
+        logger.warning("%s; converting with stock tf2onnx, which is slower on models with hundreds of layers", problem)
+        yield
+        return
     from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
 
     replacements = [
@@ -149,6 +193,36 @@ def linear_time(tf2onnx: ModuleType, free_copies: bool = False) -> Iterator[None
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
+
+
+def unpatchable(tf2onnx: ModuleType) -> str | None:
+    """Why the patches must not be installed on this ``tf2onnx`` (a sentence), or None when they fit."""
+    version = getattr(tf2onnx, "__version__", "")
+    match = re.match(r"(\d+)\.(\d+)", version)
+    (low_major, low_minor), (high_major, high_minor) = TF2ONNX_VERSIONS
+    written_for = f"{low_major}.{low_minor}-{high_major}.{high_minor - 1}"
+    if match is None or not TF2ONNX_VERSIONS[0] <= (int(match[1]), int(match[2])) < TF2ONNX_VERSIONS[1]:
+        return (
+            f"tf2onnx {version or '(no version)'} is not the version fmonnx's linear-time patches were written "
+            f"for ({written_for})"
+        )
+    for module_name, class_name, name, parameters in _PRIVATE_API:
+        where = f"{class_name}.{name}" if class_name else name
+        try:
+            owner = importlib.import_module(module_name)
+            owner = getattr(owner, class_name) if class_name else owner
+            # The class's own dict, as linear_time reads and restores it, not an inherited method.
+            found = tuple(inspect.signature(vars(owner)[name]).parameters)
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+            found = None
+        if found != parameters:
+            shown = "no " + where if found is None else f"{where}({', '.join(found)})"
+            expected = f"{where}({', '.join(parameters)})"
+            return f"tf2onnx {version} has {shown}, which fmonnx's linear-time patches replace or call as {expected}"
+    optimizers = getattr(getattr(tf2onnx, "optimizer", None), "_optimizers", None)
+    if not isinstance(optimizers, dict):
+        return f"tf2onnx {version} has no optimizer._optimizers table, which fmonnx's linear-time patches replace"
+    return None
 
 
 def freeing_optimizers(tf2onnx: ModuleType) -> dict:
