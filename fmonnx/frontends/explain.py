@@ -10,7 +10,6 @@ forward to find the target, then forward and backward).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -46,7 +45,6 @@ from ..stages.shapes import infer_types
 
 __all__ = ["explain", "explain_images", "Explainer"]
 
-log = logging.getLogger(__name__)
 
 CHOICES = 5  # targets the page's picker offers
 

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +33,6 @@ from .explain_page import write_explain_page
 
 __all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_json_text", "json_data", "target_record"]
 
-log = logging.getLogger(__name__)
 
 EXPLAIN_JSON = "explain.json"
 BOXES_DRAWN = 10  # detections drawn on the boxes picture (all of them are in explain.json)

@@ -16,7 +16,7 @@ as every variant:
   load a script and read a data: URL image.
 - ``write_photo``: an input photo at the size the model was fed (written
   while rendering); ``write_report``: ``index.html`` (the page's HTML, CSS and
-  JS from ``report_assets/`` with the render's numbers inlined).
+  JS from ``report/assets/`` with the render's numbers inlined).
 
 Everything the page loads sits under ``report/`` beside ``index.html``;
 nothing comes from the network.

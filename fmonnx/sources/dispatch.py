@@ -9,7 +9,6 @@ Each returns a ``conversion.Conversion``: ``model`` is the checked ONNX ModelPro
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from .inputs import is_torch_module, module_state, remember_conversion
 from .registry import described, source_by_suffix, source_for
 
 __all__ = ["convert"]
-
-log = logging.getLogger(__name__)
 
 
 def convert(

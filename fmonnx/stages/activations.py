@@ -7,7 +7,6 @@ convenience behind ``fmonnx.activations``.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -26,8 +25,6 @@ from .run import run_session
 from .runner import Runner
 
 __all__ = ["LayerActivation", "ImageActivations", "compute_activations", "run_images", "image_memory", "activations"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -19,13 +19,10 @@ chain: nothing is guessed.
 
 from __future__ import annotations
 
-import logging
 from itertools import permutations
 from typing import NamedTuple
 
 __all__ = ["Atom", "Axes", "seed", "reshape", "transpose", "contract_last", "image_layout", "static_shape"]
-
-log = logging.getLogger(__name__)
 
 
 class Atom(NamedTuple):

@@ -19,7 +19,6 @@ import codecs
 import csv
 import hashlib
 import io
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ __all__ = [
     "ImageRef", "Collection", "list_collection", "read_pixels", "decode_bytes", "row_bytes", "LIST_SUFFIXES",
 ]
 
-log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
 _PATH_COLUMNS = ("path", "image_path", "file", "filename", "file_name")

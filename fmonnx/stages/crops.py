@@ -11,7 +11,6 @@ near-square picture, a row of k per channel (``sheet``).
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -24,7 +23,6 @@ __all__ = [
     "BACKGROUND",
 ]
 
-log = logging.getLogger(__name__)
 
 PADDING = 2
 BACKGROUND = (24, 24, 28)

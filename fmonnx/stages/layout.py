@@ -17,7 +17,6 @@ reverse; MobileViT's fold) is proven an image again.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import onnx
@@ -28,7 +27,6 @@ from .shapes import TensorType
 
 __all__ = ["Layout", "detect_input_layout", "channel_axes", "chw_shape", "maps_of_sequences", "IMAGE_CHANNELS"]
 
-log = logging.getLogger(__name__)
 
 IMAGE_CHANNELS = (1, 3, 4)
 

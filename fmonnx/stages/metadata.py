@@ -24,7 +24,6 @@ everything past them reads typed, checked values.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 
@@ -41,7 +40,6 @@ __all__ = [
     "read_source_metadata",
 ]
 
-log = logging.getLogger(__name__)
 
 LAYERS_KEY = "fmonnx.layers"
 SOURCE_KEY = "fmonnx.source"

@@ -16,7 +16,6 @@ reduced: their tensors are as before.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ __all__ = [
     "expand_image_paths",
 ]
 
-log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "unit"
 DEFAULT_MAX_SIZE = 1024  # longest side when the model accepts any size

@@ -24,7 +24,6 @@ the image instead of a crop.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import onnx
@@ -34,7 +33,6 @@ from .shapes import TensorType
 
 __all__ = ["Field", "receptive_fields", "field_box"]
 
-log = logging.getLogger(__name__)
 
 _WINDOW_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})
 _KEEP_OPS = frozenset({"BatchNormalization", "Transpose", "LRN", "QuantizeLinear", "DequantizeLinear"})

@@ -9,16 +9,12 @@ how many were left out.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ..errors import FmonnxError
 from .normalize import ChannelStats
 
 __all__ = ["check_selection", "select_channels", "describe_selection"]
-
-log = logging.getLogger(__name__)
 
 
 def check_selection(max_channels: int | None, top: int | None) -> None:

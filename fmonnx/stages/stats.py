@@ -13,7 +13,6 @@ JSON, and load straight into a table: ``pandas.DataFrame(layer["channels"])``.
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 
@@ -22,7 +21,6 @@ from .normalize import ChannelStats, flat_spread
 
 __all__ = ["CHANNEL_FIELDS", "channel_records", "channel_columns", "layer_summary", "format_table"]
 
-log = logging.getLogger(__name__)
 
 CHANNEL_FIELDS = ("mean", "std", "min", "max", "zero_fraction")
 

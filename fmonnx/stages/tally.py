@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = ["LayerTally", "LayerDelta", "ScanTally", "ScanDelta", "layer_delta", "NO_IMAGE"]
 
-log = logging.getLogger(__name__)
 
 NO_IMAGE = np.iinfo(np.int64).max  # an empty top-k slot sorts after every image
 

@@ -22,7 +22,6 @@ reshape to (N, h, w, C), with h and w read at run time from the source's shape::
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,6 @@ __all__ = [
     "residual_outputs", "choose_tokens", "added_nodes", "not_grid_tensors", "map_candidate",
 ]
 
-log = logging.getLogger(__name__)
 
 ADDED_NODE_PREFIX = "fmonnx.token_maps/"  # names of the nodes fmonnx appends; expose.exposed_suffix carries them
 MAP_SUFFIX = "/token_maps"  # the drawn tensor is named after the token tensor it comes from

@@ -24,7 +24,6 @@ as Python lists of floats).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -66,7 +65,6 @@ __all__ = [
     "MANIFEST",
 ]
 
-log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TITLE_HEIGHT = 20

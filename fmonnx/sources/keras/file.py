@@ -15,7 +15,6 @@ the file carries) happen before any stored code could run.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import zipfile
@@ -34,7 +33,6 @@ __all__ = [
     "choose_loader",
 ]
 
-logger = logging.getLogger(__name__)
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -15,13 +15,9 @@ times the input.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 __all__ = ["convert_erfc", "CUSTOM_OP_HANDLERS"]
-
-logger = logging.getLogger(__name__)
 
 
 def convert_erfc(ctx, node, name, args) -> None:

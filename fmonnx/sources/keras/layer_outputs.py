@@ -10,7 +10,6 @@ TensorFlow is imported here only.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -21,8 +20,6 @@ from fmonnx.sources.keras.load import import_tensorflow, load_keras_model
 from fmonnx.sources.keras.trace import leaves, model_io_names, recording, run_eagerly
 
 __all__ = ["KerasLayers"]
-
-log = logging.getLogger(__name__)
 
 
 class KerasLayers:

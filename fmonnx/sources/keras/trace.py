@@ -21,7 +21,6 @@ is recorded at its first call.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from dataclasses import dataclass
 from types import ModuleType
@@ -40,7 +39,6 @@ __all__ = [
     "run_eagerly",
 ]
 
-logger = logging.getLogger(__name__)
 
 LAYOUTS = {"channels_last": "NHWC", "channels_first": "NCHW"}
 _NOT_SET = object()

@@ -5,14 +5,12 @@ torch is imported here, lazily, and only by the modules of this package.
 
 from __future__ import annotations
 
-import logging
 from types import ModuleType
 
 from fmonnx.errors import MissingDependencyError
 
 __all__ = ["INSTALL_HINT", "import_torch"]
 
-logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "run: pip install -e '.[torch]'"
 

@@ -20,13 +20,11 @@ The input model is not changed.
 from __future__ import annotations
 
 import ast
-import logging
 
 import onnx
 
 __all__ = ["name_graph", "NAME_SCOPES_KEY"]
 
-logger = logging.getLogger(__name__)
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"

@@ -39,7 +39,6 @@ from __future__ import annotations
 import ast
 import io
 import json
-import logging
 import os
 import re
 import zipfile
@@ -49,7 +48,6 @@ from fmonnx.errors import ModelError
 
 __all__ = ["PT2_SUFFIX", "is_pt2_file", "read_pt2", "load_exported_program", "SAVE_HINT"]
 
-logger = logging.getLogger(__name__)
 
 PT2_SUFFIX = ".pt2"
 SAVE_HINT = "save it with torch.export.save(torch.export.export(model, (example_input,)), 'model.pt2')"

@@ -37,14 +37,11 @@ copy per call doubled the traced graph and the export's time.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from fmonnx.stages.names import call_name
 
 __all__ = ["ModuleCall", "tapped"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

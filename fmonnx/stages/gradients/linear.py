@@ -8,8 +8,6 @@ the other way round; sizes are fixed at run time, so dynamic H/W work::
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...errors import GradientError
@@ -18,7 +16,6 @@ from .registry import RuleContext, rule
 
 __all__: list[str] = []
 
-log = logging.getLogger(__name__)
 
 _BIG = np.iinfo(np.int64).max
 

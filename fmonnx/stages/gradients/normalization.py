@@ -10,15 +10,11 @@ with statistics of the input itself, so dX is the full formula (xhat = (x - mean
 
 from __future__ import annotations
 
-import logging
-
 from ...errors import GradientError
 from .emit import Emitter
 from .registry import RuleContext, rule
 
 __all__: list[str] = []
-
-log = logging.getLogger(__name__)
 
 
 def _per_channel(emit: Emitter, vector: str, rank: int) -> str:

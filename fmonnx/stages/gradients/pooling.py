@@ -14,7 +14,6 @@ AveragePool run on an identity matrix along that axis, and dX = A^T contracted w
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -25,7 +24,6 @@ from .registry import RuleContext, rule
 
 __all__: list[str] = []
 
-log = logging.getLogger(__name__)
 
 _BIG = np.iinfo(np.int64).max
 

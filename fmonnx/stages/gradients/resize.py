@@ -10,8 +10,6 @@ gives A^T, sizes found at run time, so dynamic H/W work::
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...errors import GradientError
@@ -19,8 +17,6 @@ from .pooling import axis_probe, contract, probe_matrix_t
 from .registry import RuleContext, rule
 
 __all__: list[str] = []
-
-log = logging.getLogger(__name__)
 
 
 def _resized_axes(ctx: RuleContext, listed: list[int], scales: str, sizes: str) -> list[int]:
