@@ -14,7 +14,7 @@ import time
 
 import click
 
-from . import __version__
+from . import __version__, choices
 from .errors import FmonnxError
 
 _PROCESS_STARTED = time.perf_counter()  # the reported time includes loading numpy and onnxruntime
@@ -57,12 +57,12 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 def _run_options(command):
     command = click.option(
         "--preprocess",
-        type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]),
+        type=click.Choice(choices.PRESETS),
         default=None,
         help="Pixel arithmetic: unit (/255), imagenet (mean/std), caffe (BGR, mean), tf ([-1,1]), raw [default: unit].",
     )(command)
     command = click.option(
-        "--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        "--provider", type=click.Choice(choices.PROVIDERS), default=choices.DEFAULT_PROVIDER, show_default=True,
         help="onnxruntime execution provider; auto takes CUDA when installed.",
     )(command)
     return command
@@ -114,7 +114,7 @@ def _selection_options(command):
     )(command)
     command = click.option(
         "--input-layout",
-        type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+        type=click.Choice(choices.INPUT_LAYOUTS, case_sensitive=False),
         default=None,
         help="Channel axis of the model input [default: detected from its shape].",
     )(command)
@@ -133,12 +133,13 @@ def cli() -> None:
 @click.option("-o", "--out", default="feature_maps", show_default=True, help="Output folder.")
 @_selection_options
 @_run_options
-@click.option("--normalize", "normalization", type=click.Choice(["standardize", "minmax", "layer"]),
-              default="standardize", show_default=True,
+@click.option("--normalize", "normalization", type=click.Choice(choices.NORMALIZATIONS),
+              default=choices.DEFAULT_NORMALIZATION, show_default=True,
               help="Per-channel standardize (the tutorial's), per-channel min-max, or one scale per layer.")
-@click.option("--layout", type=click.Choice(["grid", "belt"]), default="grid", show_default=True,
+@click.option("--layout", type=click.Choice(choices.LAYOUTS), default=choices.DEFAULT_LAYOUT, show_default=True,
               help="Near-square grid of channels, or one row (the tutorial's image belt).")
-@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap name, e.g. gray, magma.")
+@click.option("--cmap", default=choices.DEFAULT_CMAP, show_default=True,
+              help="Matplotlib colormap name, e.g. gray, magma.")
 @click.option("--save-arrays", is_flag=True, help="Also write each layer's float32 CxHxW activations and input.npy.")
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
 @click.option("--max-size", type=click.IntRange(min=1), default=None,
@@ -226,9 +227,8 @@ def render(model, images, out, ops, all_spatial, input_layout, preprocess, provi
               help="Explain this layer (render's name, or an ONNX tensor); repeatable [default: every layer render "
               "shows, detailing the last one the score depends on].")
 @click.option("--all-layers", is_flag=True, help="Explain every layer render shows (the default without --layer).")
-@click.option("--method", type=click.Choice(["gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam",
-                                             "scorecam", "ablationcam", "saliency"]),
-              default="gradcam", show_default=True, help="How channels are weighted (saliency: gradient x input).")
+@click.option("--method", type=click.Choice(choices.EXPLAIN_METHODS), default=choices.DEFAULT_EXPLAIN_METHOD,
+              show_default=True, help="How channels are weighted (saliency: gradient x input).")
 @_selection_options
 @_run_options
 @click.option("--save-arrays", is_flag=True, help="Also write each layer's raw map and heatmap as .npy.")
@@ -380,22 +380,24 @@ def convert(model, out, opset, check, rtol, atol, unsafe, force):
 @click.option("-o", "--out", default="compare", show_default=True, help="Output folder.")
 @_selection_options
 @click.option(
-    "--preprocess", type=click.Choice(["unit", "imagenet", "caffe", "tf", "raw"]), default=None,
+    "--preprocess", type=click.Choice(choices.PRESETS), default=None,
     help="Pixel arithmetic, the same for both sides [default: unit].",
 )
-@click.option("--provider-a", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--provider-a", type=click.Choice(choices.PROVIDERS), default=choices.DEFAULT_PROVIDER,
+              show_default=True,
               help="onnxruntime provider of A.")
-@click.option("--provider-b", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--provider-b", type=click.Choice(choices.PROVIDERS), default=choices.DEFAULT_PROVIDER,
+              show_default=True,
               help="onnxruntime provider of B.")
-@click.option("--optimization-a", type=click.Choice(["disable", "basic", "extended", "all"]), default="extended",
+@click.option("--optimization-a", type=click.Choice(choices.OPTIMIZATIONS), default=choices.DEFAULT_OPTIMIZATION,
               show_default=True, help="onnxruntime graph optimization level of A.")
-@click.option("--optimization-b", type=click.Choice(["disable", "basic", "extended", "all"]), default="extended",
+@click.option("--optimization-b", type=click.Choice(choices.OPTIMIZATIONS), default=choices.DEFAULT_OPTIMIZATION,
               show_default=True, help="onnxruntime graph optimization level of B.")
 @click.option("--min-sqnr", type=float, default=None,
               help="Least SQNR in dB a layer must keep [default: 30, unless --rtol/--atol are given].")
 @click.option("--rtol", type=float, default=None, help="Every value within atol + rtol * |A| (numpy's allclose).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance of that test [default: 0].")
-@click.option("--channels", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--channels", type=click.IntRange(min=1), default=choices.COMPARE_CHANNELS, show_default=True,
               help="Channels drawn per layer (A | B | |A-B|), those with the most error first.")
 @click.option("--size", default=None, help="Feed images at HxW [default: the model's, or the image's own if dynamic].")
 @click.option("--max-memory", default=None,
@@ -471,13 +473,13 @@ class _ScanProgress(_Progress):
 @click.argument("model", type=click.Path())
 @click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", default="scan", show_default=True, help="Output folder.")
-@click.option("--top", type=click.IntRange(min=1), default=9, show_default=True,
+@click.option("--top", type=click.IntRange(min=1), default=choices.SCAN_TOP, show_default=True,
               help="Images kept per channel: those with the highest spatial maximum.")
 @_selection_options
 @_run_options
 @click.option("--size", default=None, help="Feed images at HxW when the model's H or W is dynamic [default: 224x224].")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per onnxruntime run [default: 16].")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(choices.ENGINES), default=choices.DEFAULT_ENGINE, show_default=True,
               help="local: this process; ray: Ray Data (pip install -e '.[ray]').")
 @click.option("--ray-address", default=None, help="Ray cluster to join [default: RAY_ADDRESS, else a local Ray].")
 @click.option("--resume", is_flag=True, help="Continue a killed scan into OUT from its checkpoint.")

@@ -16,15 +16,15 @@ import numpy as np
 
 from fmonnx.stages.normalize import flat_spread
 
+from .. import choices
+
 __all__ = [
     "GRADIENT_METHODS", "FREE_METHODS", "METHODS", "DEFAULT_METHOD", "gradient_map", "eigen_map",
     "score_cam_weights", "score_cam_masks", "ablation_weights", "combine", "to_image", "saliency_map", "resize",
 ]
 
-GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
-FREE_METHODS = ("eigencam", "scorecam", "ablationcam")
-METHODS = (*GRADIENT_METHODS, *FREE_METHODS, "saliency")
-DEFAULT_METHOD = "gradcam"
+GRADIENT_METHODS, FREE_METHODS = choices.GRADIENT_METHODS, choices.FREE_METHODS
+METHODS, DEFAULT_METHOD = choices.EXPLAIN_METHODS, choices.DEFAULT_EXPLAIN_METHOD
 
 # pytorch-grad-cam's epsilons, kept so its maps are reproduced to float32 rounding.
 _PLUSPLUS_EPS = 1e-6

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import choices
 from ..errors import FmonnxError
 
 __all__ = ["DEFAULT_CMAP", "lookup_table", "palette", "to_palette_indices", "BACKGROUND", "INK", "DATA_LEVELS"]
 
-DEFAULT_CMAP = "viridis"
+DEFAULT_CMAP = choices.DEFAULT_CMAP
 DATA_LEVELS = 254
 BACKGROUND = 254
 INK = 255

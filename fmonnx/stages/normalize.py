@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import choices
+
 __all__ = [
     "METHODS", "DEFAULT_METHOD", "CHUNK_VALUES", "FLAT_TOLERANCE", "ChannelStats", "channel_stats", "flat_spread",
     "normalize",
 ]
 
-METHODS = ("standardize", "minmax", "layer")
-DEFAULT_METHOD = "standardize"
+METHODS, DEFAULT_METHOD = choices.NORMALIZATIONS, choices.DEFAULT_NORMALIZATION
 
 # float32 resolves 2**-23 ~ 1.2e-7 of a value's magnitude: a spread under ~8 of those steps
 # is rounding left by the arithmetic, not signal (real variation, e.g. 1e-3 +- 1e-4, is 1e-1)

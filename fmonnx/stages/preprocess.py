@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import choices
 from ..errors import ImageError, ModelError
 from .layout import Layout
 
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-DEFAULT_PRESET = "unit"
+DEFAULT_PRESET = choices.DEFAULT_PRESET
 DEFAULT_MAX_SIZE = 1024  # longest side when the model accepts any size
 MAX_SIDE = 2**16  # the most pixels a model input's H or W may have; more is a broken export, not an image
 REDUCE_MARGIN = 2  # a reduced decode keeps at least this many pixels per pixel fed, on each side

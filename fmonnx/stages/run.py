@@ -30,15 +30,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .. import choices
 from ..errors import ModelError, ProviderError
 
 __all__ = ["PROVIDERS", "OPTIMIZATIONS", "resolve_providers", "session_options", "create_session", "run_session"]
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("auto", "cpu", "cuda")
-OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimization levels
-DEFAULT_OPTIMIZATION = "extended"
+PROVIDERS = choices.PROVIDERS
+OPTIMIZATIONS = choices.OPTIMIZATIONS  # onnxruntime's graph optimization levels
+DEFAULT_OPTIMIZATION = choices.DEFAULT_OPTIMIZATION
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"

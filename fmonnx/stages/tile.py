@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import choices
+
 __all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "Grid", "GridPlan", "plan_grid", "tile"]
 
-LAYOUTS = ("grid", "belt")
-DEFAULT_LAYOUT = "grid"
+LAYOUTS, DEFAULT_LAYOUT = choices.LAYOUTS, choices.DEFAULT_LAYOUT
 MIN_TILE = 24  # smaller maps are upscaled to at least this many pixels (7x7 and 14x14 maps to 28)
 MAX_SIDE = 8192  # pictures are kept below this many pixels a side
 
