@@ -15,7 +15,6 @@ pytest.importorskip("onnxscript")  # the dynamo exporter's dependency
 from torch import nn  # noqa: E402
 
 import fmonnx  # noqa: E402
-from fmonnx.stages.names import call_name, split_call_name  # noqa: E402
 from tests.torch_models import hooked_calls  # noqa: E402
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -143,12 +142,6 @@ def by_name(entry) -> dict[str, dict]:
     return {layer["name"]: layer for layer in entry["layers"]}
 
 
-def test_call_names_round_trip():
-    assert [call_name("layer1.0.relu", n) for n in (1, 2, 3)] == ["layer1.0.relu", "layer1.0.relu#2", "layer1.0.relu#3"]
-    assert split_call_name("layer1.0.relu#2") == ("layer1.0.relu", 2)
-    assert split_call_name("features.0") == ("features.0", 1)
-
-
 def test_every_module_name_is_that_calls_output(rendered):
     exporter, entry, arrays, _, calls = rendered
     for layer in entry["layers"]:
@@ -157,6 +150,7 @@ def test_every_module_name_is_that_calls_output(rendered):
         if layer.get("folded_batchnorm"):
             continue  # a Conv + BatchNorm named after the Conv: test_folded_batchnorm
         assert layer["name"] in calls, (exporter, layer["name"])
+        assert layer["named_by"] == f"{exporter} {'name scopes' if exporter == 'dynamo' else 'scopes'}"
         assert same(arrays[layer["name"]], calls[layer["name"]]), (exporter, layer["name"])
         for outer in layer.get("also_output_of", []):
             assert same(arrays[layer["name"]], calls[outer]), (exporter, layer["name"], outer)
@@ -241,62 +235,6 @@ def test_list_layers_carries_the_flags(tmp_path):
     assert rows["mixed/MaxPool"]["layer_output"] is False
 
 
-def _chain_model(names: list[str], weights: dict[int, str], scopes: list[str] | None = None,
-                 biases: dict[int, str] | None = None):
-    """input (1,2,4,4) -> Conv/Relu nodes in ``names`` order (``/conv/Conv`` is a Conv) -> output;
-    ``weights`` and ``biases`` name the Convs' initializers by node index (default: folded, no bias)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, initializers, previous = [], [], "input"
-    for index, name in enumerate(names):
-        output = "output" if index == len(names) - 1 else f"t{index}"
-        if name.endswith("Conv"):
-            weight = weights.get(index, f"onnx::Conv_{index}")
-            initializers.append(numpy_helper.from_array(np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1), weight))
-            inputs = [previous, weight]
-            if index in (biases or {}):
-                inputs.append(biases[index])
-                initializers.append(numpy_helper.from_array(np.zeros(2, np.float32), biases[index]))
-            nodes.append(helper.make_node("Conv", inputs, [output], name=name))
-        else:
-            nodes.append(helper.make_node("Relu", [previous], [output], name=name))
-        if scopes:
-            entry = nodes[-1].metadata_props.add()
-            entry.key, entry.value = "pkg.torch.onnx.name_scopes", scopes[index]
-            entry = nodes[-1].metadata_props.add()
-            entry.key, entry.value = "pkg.torch.onnx.fx_node", f"%node{index}"
-        previous = output
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "chain", [value("input", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [value("output", TensorProto.FLOAT, [1, 2, 4, 4])], initializers)
-    return helper.make_model(graph, producer_name="pytorch", opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _names(model) -> list[tuple[str, bool]]:
-    from fmonnx.stages.expose import find_candidates
-    from fmonnx.stages.names import name_tensors
-    from fmonnx.stages.shapes import infer_types
-
-    candidates = find_candidates(model, infer_types(model))
-    return [(named.name, named.folded_batchnorm) for named in name_tensors(model, candidates)]
-
-
-def test_torchscript_call_suffix_or_real_module():
-    """``relu_1`` after ``relu`` is relu's second call; ``conv_1`` owning ``conv_1.weight`` is a module of its own."""
-    model = _chain_model(["/conv/Conv", "/relu/Relu", "/conv_1/Conv", "/relu_1/Relu"],
-                         {0: "conv.weight", 2: "conv_1.weight"})
-    assert _names(model) == [("conv", False), ("relu", False), ("conv_1", False), ("relu#2", False)]
-
-
-def test_folded_batchnorm_signal():
-    """A fold computes the Conv's weight and bias; a weight computed alone (weight_norm) is no fold."""
-    folded = _chain_model(["/conv/Conv", "/relu/Relu"], {}, biases={0: "onnx::Conv_7"})
-    assert _names(folded) == [("conv", True), ("relu", False)]
-    weight_only = _chain_model(["/conv/Conv", "/relu/Relu"], {}, biases={0: "conv.bias"})
-    assert _names(weight_only) == [("conv", False), ("relu", False)]
-    assert _names(_chain_model(["/conv/Conv", "/relu/Relu"], {})) == [("conv", False), ("relu", False)]
-
-
 def test_folded_batchnorm_behind_a_merged_constant(tmp_path):
     """Fresh BatchNorms fold to equal biases; the TorchScript exporter keeps one and feeds the other Conv
     through an Identity of it. Both Convs hold a BatchNorm, and both are flagged."""
@@ -318,10 +256,3 @@ def test_folded_batchnorm_behind_a_merged_constant(tmp_path):
     rows = {row["name"]: row for row in fmonnx.list_layers(path)}
     assert rows["conv1"]["folded_batchnorm"] is True
     assert rows["conv2"]["folded_batchnorm"] is True
-
-
-def test_dynamo_calls_are_runs_of_one_scope():
-    """Nothing in the dynamo export numbers calls: a run of nodes in one module is one call."""
-    scopes = ["['', 'relu', 'relu']", "['', 'conv', 'conv2d']", "['', 'relu', 'relu_1']", "['', 'pool', 'relu_2']"]
-    model = _chain_model(["node_relu", "node_Conv", "node_relu_1", "node_relu_2"], {1: "conv.weight"}, scopes)
-    assert _names(model) == [("relu", False), ("conv", False), ("relu#2", False), ("pool", False)]

@@ -237,6 +237,7 @@ def _write_layer(
         "tensor": named.candidate.tensor,
         "op": named.candidate.op,
         "source_layer": named.source_layer,
+        "named_by": named.named_by,
         "shape": list(layer.values.shape),
         "channel_axis": layer.layout.channel_axis,
         "layout_certain": layer.layout.certain,

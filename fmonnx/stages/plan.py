@@ -348,6 +348,7 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
                 "op": named.candidate.op,
                 "tensor": named.candidate.tensor,
                 "source_layer": named.source_layer,
+                "named_by": named.named_by,
                 "shape": _readable(chw_shape(tensor_type.shape, layout)),
                 "channel_axis": layout.channel_axis,
                 "layout_certain": layout.certain,
