@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .stages.colormap import DEFAULT_CMAP
-from .stages.normalize import DEFAULT_METHOD
-from .stages.tile import DEFAULT_LAYOUT
+from . import choices
 
 __all__ = ["RenderOptions", "check_choices"]
 
@@ -21,11 +19,11 @@ class RenderOptions:
     ops: tuple[str, ...] | None = None  # DEFAULT_OPS, or the converter's layers when recorded
     all_spatial: bool = False
     preprocess: str | None = None  # DEFAULT_PRESET ("raw" for integer inputs)
-    provider: str = "auto"
+    provider: str = choices.DEFAULT_PROVIDER
     optimization: str | None = None  # onnxruntime's graph optimization level: run.DEFAULT_OPTIMIZATION (extended)
-    normalization: str = DEFAULT_METHOD
-    layout: str = DEFAULT_LAYOUT
-    cmap: str = DEFAULT_CMAP
+    normalization: str = choices.DEFAULT_NORMALIZATION
+    layout: str = choices.DEFAULT_LAYOUT
+    cmap: str = choices.DEFAULT_CMAP
     save_arrays: bool = False
     report: bool = True  # index.html and its data (report/) beside the pictures
     size: tuple[int, int] | None = None  # the model's H x W, or the image's own when dynamic
@@ -42,11 +40,9 @@ class RenderOptions:
 
 def check_choices(options: RenderOptions) -> None:
     """Options the CLI restricts with choices, checked for library callers before any work."""
+    from .choices import LAYOUTS, OPTIMIZATIONS, PRESETS, PROVIDERS
+    from .choices import NORMALIZATIONS as METHODS
     from .errors import FmonnxError
-    from .stages.normalize import METHODS
-    from .stages.preprocess import PRESETS
-    from .stages.run import OPTIMIZATIONS, PROVIDERS
-    from .stages.tile import LAYOUTS
 
     for value, allowed, what in (
         (options.normalization, METHODS, "normalization"),

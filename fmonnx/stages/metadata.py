@@ -1,34 +1,18 @@
-"""The metadata ``fmonnx convert`` writes into a model, and its check when a model file is read.
-
-Two ``metadata_props`` keys, each a JSON text (sources/keras/convert.py and
-sources/pytorch/convert.py write them; their docstrings say what each field holds):
-
-- ``fmonnx.layers`` (LAYERS_KEY): a list, one object per layer (Keras) or module call (PyTorch)::
-
-      {"layer": "backbone/conv1",            str, required: the framework's name
-       "output": "backbone/conv1",           str, required: the tensor holding its output
-       "class": "Conv2D",                    str
-       "inner": ["backbone/conv1/Conv"],     list of str: its other tensors (Keras)
-       "layout": "NHWC",                     "NHWC" | "NCHW": the layout of "output"
-       "also_output_of": ["layer1.0"]}       list of str: containers returning the same tensor (PyTorch)
-
-  Optional fields may be absent or null; other keys are ignored.
-- ``fmonnx.source`` (SOURCE_KEY): an object of short values (text, numbers, booleans,
-  null, or a short list of those): ``{"framework": "keras", "keras_version": "3.9", ...}``.
+"""The check of the metadata contract (fmonnx/contract.py) when a model file is read.
 
 A model file is untrusted: ``read_layer_metadata`` and ``read_source_metadata`` check
-every field here, once, and raise ModelError naming the entry, the field and the fix;
-everything past them reads typed, checked values.
+every field of ``fmonnx.layers`` and ``fmonnx.source``, once, and raise ModelError naming the
+entry, the field and the fix; everything past them reads typed, checked values.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import onnx
 
+from ..contract import LAYERS_KEY, RECORD_LAYOUTS, SOURCE_KEY, LayerRecord
 from ..errors import ModelError
 
 __all__ = [
@@ -41,25 +25,11 @@ __all__ = [
 ]
 
 
-LAYERS_KEY = "fmonnx.layers"
-SOURCE_KEY = "fmonnx.source"
-LAYOUTS = ("NHWC", "NCHW")
+LAYOUTS = RECORD_LAYOUTS
 _MAX_TEXT = 4096  # characters of one fmonnx.source value (a file path is the longest written)
 _MAX_ITEMS = 64  # values in one fmonnx.source list (example_input has 4)
 _SHOWN = 60  # characters of a wrong value quoted in an error
 _MISSING = object()
-
-
-@dataclass(frozen=True)
-class LayerRecord:
-    """One checked ``fmonnx.layers`` entry (see the module docstring); ``class_name`` is its ``class``."""
-
-    layer: str
-    output: str
-    class_name: str | None = None
-    inner: tuple[str, ...] = ()
-    layout: str | None = None
-    also_output_of: tuple[str, ...] = ()
 
 
 def _text(key: str, model: onnx.ModelProto) -> str | None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import onnx
 
+from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError
 from fmonnx.sources.check import CheckFailedError, CheckReport, compare
 from fmonnx.sources.keras.check import random_inputs
@@ -69,7 +70,6 @@ from fmonnx.sources.keras.trace import (
     traced_function,
 )
 from fmonnx.sources.write import write_model
-from fmonnx.stages.names import LAYERS_KEY, SOURCE_KEY
 
 __all__ = [
     "ConversionResult",

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import onnx
 
+from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, ModelError
 from fmonnx.sources.check import DEFAULT_ATOL, DEFAULT_RTOL, CheckFailedError, CheckReport
 from fmonnx.sources.pytorch.check import check_conversion, random_input
@@ -60,7 +61,6 @@ from fmonnx.sources.pytorch.names import name_graph
 from fmonnx.sources.pytorch.pt2_file import load_exported_program
 from fmonnx.sources.pytorch.tap import tapped
 from fmonnx.sources.write import write_model
-from fmonnx.stages.names import LAYERS_KEY, SOURCE_KEY
 
 __all__ = ["TorchConversion", "convert_module", "convert_pt2", "example_input_for", "DEFAULT_OPSET", "DEFAULT_SIZE"]
 

@@ -23,11 +23,12 @@ import ast
 
 import onnx
 
+from fmonnx.stages.naming.dynamo import CLASSES_KEY, SCOPES_KEY
+
 __all__ = ["name_graph", "NAME_SCOPES_KEY"]
 
 
-NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+NAME_SCOPES_KEY, CLASS_HIERARCHY_KEY = SCOPES_KEY, CLASSES_KEY  # the dynamo exporter's keys, named once
 
 
 def _value_names(graph: onnx.GraphProto) -> set[str]:

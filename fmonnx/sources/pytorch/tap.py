@@ -11,7 +11,7 @@ optimizer can then fold nothing away: a BatchNorm stays after its Conv).
 Naming: a call is named by its module path (``layer1.0.conv1``); the first
 call of a module takes the bare path, later calls ``<path>#2``, ``<path>#3``...
 (a ResNet BasicBlock's shared ``relu``: ``layer1.0.relu`` then ``layer1.0.relu#2``),
-the scheme ``fmonnx.stages.names`` uses for ONNX files exported by torch.
+the scheme of ``fmonnx.contract.call_name``, as naming uses for ONNX files exported by torch.
 Every call counts, recorded or not, so the number is the call's place in order.
 
 A module reachable by several paths (ultralytics shares one ``SiLU`` among all
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fmonnx.stages.names import call_name
+from fmonnx.contract import call_name
 
 __all__ = ["ModuleCall", "tapped"]
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, ModelError
 from fmonnx.sources.check import CHECK_SEED, DEFAULT_ATOL, DEFAULT_RTOL, CheckFailedError, CheckReport, compare
 from fmonnx.sources.conversion import ConvertedModel
@@ -60,7 +61,6 @@ from fmonnx.sources.keras.convert import DEFAULT_OPSET, _check_opset, _first_lin
 from fmonnx.sources.keras.load import import_tensorflow, native_lines_to_log
 from fmonnx.sources.tflite.file import is_tflite_file
 from fmonnx.sources.tflite.verify import verify_tflite
-from fmonnx.stages.metadata import LAYERS_KEY, SOURCE_KEY
 
 __all__ = ["convert_tflite", "feature_maps", "FeatureMap", "QUANTIZED_RTOL"]
 

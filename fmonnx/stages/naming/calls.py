@@ -19,6 +19,7 @@ from typing import Protocol
 
 import onnx
 
+from ...contract import call_name, split_call_name
 from ..expose import Candidate
 from .claim import Claim
 from .fallback import NAMED_BY as NO_MODULE  # a node in no module keeps its node name
@@ -27,7 +28,6 @@ __all__ = ["call_name", "split_call_name", "name_calls", "leaves", "props", "CAL
 
 # how both exporters tell a later call (or a second module of one name) apart: ``relu_1`` after ``relu``
 CALL_SUFFIX = re.compile(r"^(.+)_(\d+)$")
-_CALL_NAME = re.compile(r"^(.+)#(\d+)$")
 
 
 class Exporter(Protocol):
@@ -42,18 +42,6 @@ class Exporter(Protocol):
     def folded(self, model: onnx.ModelProto, node: onnx.NodeProto) -> bool: ...
 
     def classes(self, node: onnx.NodeProto) -> list[str]: ...
-
-
-def call_name(path: str, call: int = 1) -> str:
-    """The name of a module call: ``layer1.0.relu`` for the first call (``call=1``),
-    ``layer1.0.relu#2`` for the second, ``#3`` for the third..."""
-    return path if call == 1 else f"{path}#{call}"
-
-
-def split_call_name(name: str) -> tuple[str, int]:
-    """``call_name`` reversed: ``layer1.0.relu#2`` is ``("layer1.0.relu", 2)``."""
-    match = _CALL_NAME.match(name)
-    return (match.group(1), int(match.group(2))) if match else (name, 1)
 
 
 def props(node: onnx.NodeProto) -> dict[str, str]:
