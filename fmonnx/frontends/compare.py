@@ -3,11 +3,13 @@
 An orchestrator over the stages render uses: ``stages.plan`` plans each side,
 ``stages.pairing`` pairs A's tensors with B's (through QDQ chains and Casts),
 ``stages.runner``/``stages.activations`` run each side on the images (in passes
-when the memory bound asks), ``stages.agreement`` reduces each pair to figures,
-``stages.triptych`` draws a layer's worst channels as A | B | |A - B|, and
+when the memory bound asks), ``stages.agreement`` reduces each pair to running sums that
+``stages.metrics``' table finishes into figures, ``stages.triptych`` draws a layer's worst
+channels as A | B | |A - B|, ``report.compare_record`` builds compare.json and
 ``report.compare_page`` writes the offline page; all through ``staged_output``.
-A Keras file compared with its own conversion runs Keras eagerly for side A
-(``sources.keras.layer_outputs``, paired by ``pairing.pair_layer_outputs``).
+A and B are each a ``Side`` (path, options, plan, runner, noise floor). A Keras file compared
+with its own conversion runs Keras eagerly for side A (``sources.keras.layer_outputs``, paired
+by ``pairing.pair_layer_outputs``).
 
 Streaming: the two sides' layers are consumed in step, pair by pair; each pair is
 reduced to sums and dropped (its arrays kept only while its picture is drawn,
@@ -17,18 +19,18 @@ for the first image), so memory holds at most what each side's run gives at once
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import ModelError
 from ..options import RenderOptions, check_choices
 from ..report.compare_page import write_compare_page
+from ..report.compare_record import compare_record, side_record
 from ..report.compare_result import RECORD, CompareResult, record_json
 from ..sources.registry import source_for
 from ..stages.activations import ImageActivations, LayerActivation, run_images
@@ -43,13 +45,49 @@ from ..stages.runner import Runner
 from ..stages.triptych import PALETTE, draw_triptych
 from ..stages.write import PictureWriter, encode_png, file_stem, staged_output
 
-__all__ = ["compare", "DIVERGED_EXIT_CODE"]
-
-log = logging.getLogger(__name__)
+__all__ = ["compare", "DIVERGED_EXIT_CODE", "Side"]
 
 DIVERGED_EXIT_CODE = 3  # the CLI's exit code when B is not within tolerance (1: bad input, 2: usage)
 WORST_CHANNELS = 8  # channels drawn per layer
 _CUDA = "CUDAExecutionProvider"
+
+
+@dataclasses.dataclass(eq=False)
+class Side:
+    """One side of a compare, A (the reference) or B: its model, options (its own provider and
+    optimization level, half the memory bound), plan and runner once paired, whether it runs twice
+    (``noise``: one Agreement per pair, its own noise floor), how its run was split (``passes``).
+    ``keras``: A when a Keras file is compared alone (Keras's own layer outputs; no plan, no runner)."""
+
+    letter: str  # "a" or "b": which tensor of a Pair is this side's
+    path: Path
+    options: RenderOptions
+    plan: ModelPlan | None = None
+    runner: Runner | None = None
+    keras: Any = None  # sources.keras.layer_outputs.KerasLayers, imported only when used
+    outputs: list[str] = dataclasses.field(default_factory=list)  # its final outputs to compare
+    noise: list[Agreement] | None = None
+    passes: dict | None = None
+
+    def tensor(self, pair: Pair) -> str:
+        return getattr(pair, self.letter).candidate.tensor
+
+    def run(self, path: Path, outputs: bool = True) -> ImageActivations:
+        extra = tuple(self.outputs) if outputs else ()
+        return next(run_images(self.plan, [path], self.options, self.runner, extra=extra))
+
+    def describe(self, fed: dict | None = None) -> dict:
+        """compare.json's entry for this side (``fed``: the other side's input, which Keras is fed)."""
+        if self.keras is not None:
+            record = {
+                "model": str(self.path), "provider": self.keras.description, "optimization": None,
+                "source": {"framework": "keras", "loader": self.keras.loader}, "input": fed,
+            }
+        else:
+            record = side_record(self.path, self.options.optimization, self.runner.provider, self.plan)
+        if self.passes is not None:
+            record["passes"] = self.passes
+        return record
 
 
 def compare(
@@ -88,105 +126,122 @@ def compare(
     """
     started = time.perf_counter()
     options = options or RenderOptions()
-    # both sides' tensors of an image are held together: a memory bound is shared, half each
-    shared = dataclasses.replace(options, max_memory=options.max_memory // 2 if options.max_memory else None)
-    side_a = dataclasses.replace(
-        shared, provider=provider_a or options.provider, optimization=optimization_a or options.optimization
-    )
-    side_b = dataclasses.replace(
-        shared, provider=provider_b or options.provider, optimization=optimization_b or options.optimization
-    )
-    check_choices(side_a)
-    check_choices(side_b)
+    side_a, side_b = _sides(a, b, options, (provider_a, provider_b), (optimization_a, optimization_b))
     if channels < 1:
         raise ModelError(f"channels must be at least 1 (got {channels})")
     tolerance = Tolerance(min_sqnr, rtol, atol)
-    path_a = Path(a) if a is not None else demo_paths()[0]
-    path_b = Path(b) if b is not None else path_a
     image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
-    keras_a = None
-    source_a = source_for(path_a) if b is None else None
-    if source_a is not None and source_a.name == "keras":
-        # A Keras file alone: Keras's own layer outputs (A) against its ONNX conversion (B)
-        from ..sources.keras.layer_outputs import KerasLayers
-
-        keras_a = KerasLayers(path_a)
-        plan_b = plan_model(path_a, side_b)
-        pairing = pair_layer_outputs(plan_b, keras_a.classes)
-        outputs = list(zip(keras_a.output_names, [value.name for value in plan_b.loaded.model.graph.output]))
-        runner_a = None
-    else:
-        plan_a = plan_model(path_a, side_a)
-        plan_b = plan_model(path_b, side_b)
-        check_inputs(plan_a, plan_b)
-        pairing = pair_plans(plan_a, plan_b)
-        outputs = _output_pairs(plan_a, plan_b)
-        runner_a = Runner(pairing.plan_a, side_a)
-    runner_b = Runner(pairing.plan_b, side_b)
-    repeat_a = keras_a is None and _repeats(side_a, repeat)
-    repeat_b = _repeats(side_b, repeat)
+    pairing, outputs = _pair(side_a, side_b, alone=b is None)
+    for side in (side_a, side_b):
+        if side.keras is None and _repeats(side.options, repeat):
+            side.noise = [Agreement() for _ in pairing.pairs]
     planned = time.perf_counter()
 
     layers = [Agreement(tolerance) for _ in pairing.pairs]
-    noise = {"a": [Agreement() for _ in pairing.pairs] if repeat_a else None,
-             "b": [Agreement() for _ in pairing.pairs] if repeat_b else None}
     finals = [Agreement(tolerance) for _ in outputs]
     problems: list[str] = []
-    pictures: dict[int, tuple] = {}
-    passes: dict[str, dict | None] = {"a": None, "b": None}  # how a side's run was split, when it was
     with staged_output(out, RECORD) as staging, PictureWriter(options.jobs) as writer:
+        pictures: dict[int, Any] = {}
         for index, path in enumerate(image_paths):
-            results = {"b": next(_side(pairing.plan_b, path, side_b, runner_b, [name for _, name in outputs]))}
-            if keras_a is not None:  # Keras is fed exactly what B was fed
-                results["a"] = _keras_image(keras_a, pairing, path, results["b"].input_tensor)
-            else:
-                results["a"] = next(_side(pairing.plan_a, path, side_a, runner_a, [name for name, _ in outputs]))
-            if repeat_a:
-                results["a2"] = next(_side(pairing.plan_a, path, side_a, runner_a, []))
-            if repeat_b:
-                results["b2"] = next(_side(pairing.plan_b, path, side_b, runner_b, []))
-            for key, result in results.items():
-                if result.passes is not None and key in passes:
-                    passes[key] = result.passes
-                problems.extend(f"{key.upper()[0]}: {problem}" for problem in result.problems)
-            for position, values in _in_step(pairing, results):
-                pair = pairing.pairs[position]
-                first, second = values["a"], values["b"]
-                if first.shape != second.shape:
-                    problems.append(f"{pair.name}: A gave {list(first.shape)}, B {list(second.shape)}; not compared")
-                    continue
-                layers[position].add(first, second)
-                for side in ("a", "b"):
-                    if noise[side] is not None and values[side + "2"].shape == values[side].shape:
-                        noise[side][position].add(values[side], values[side + "2"])
-                if index == 0:  # the pictures show the first image
-                    pictures[position] = writer.submit(
-                        first.nbytes * 2, _draw_layer, staging, position, pair, first, second, channels
-                    )
-                del first, second, values
-            _add_outputs(finals, outputs, results, pairing, side_a, side_b, problems)
-            del results
+            runs = _run_image(side_a, side_b, pairing, path, problems)
+            drawing = (staging, writer, channels, pictures) if index == 0 else None  # the pictures: the first image
+            _add_layers(pairing, runs, layers, drawing, problems)
+            _add_outputs(finals, outputs, runs[:2], problems)
+            del runs
             if progress is not None:
                 progress(index + 1, len(image_paths))
         drawn = {position: future.result() for position, future in pictures.items()}
-        record = _record(
-            path_a, path_b, side_a, side_b, runner_a, runner_b, pairing, tolerance, layers, noise, finals, outputs,
-            drawn, image_paths, problems,
-        )
-        if keras_a is not None:
-            record["a"] = {
-                "model": str(path_a), "provider": keras_a.description, "optimization": None,
-                "source": {"framework": "keras", "loader": keras_a.loader}, "input": record["b"]["input"],
-            }
-        for side in ("a", "b"):
-            if passes[side] is not None:
-                record[side]["passes"] = passes[side]
+        b_record = side_b.describe()
+        sides = {"a": side_a.describe(b_record["input"]), "b": b_record}
+        noise = {side.letter: side.noise for side in (side_a, side_b) if side.noise is not None}
+        record = compare_record(sides, pairing, tolerance, layers, noise, finals, outputs, drawn, image_paths,
+                                problems)
         record["seconds"] = {"plan": planned - started, "total": time.perf_counter() - started}
         record["files"] = sorted(drawn[position]["png"] for position in drawn)
         record["files"].append(write_compare_page(staging, record))
         with open(staging / RECORD, "w", encoding="utf-8") as file:
             file.write(record_json(record))
     return CompareResult(Path(out), record)
+
+
+def _sides(a, b, options: RenderOptions, providers: tuple, optimizations: tuple) -> tuple[Side, Side]:
+    """A and B with their own options; both sides' tensors of an image are held together, so a memory
+    bound is shared, half each."""
+    shared = dataclasses.replace(options, max_memory=options.max_memory // 2 if options.max_memory else None)
+    path_a = Path(a) if a is not None else demo_paths()[0]
+    paths = (path_a, Path(b) if b is not None else path_a)
+    sides = []
+    for letter, path, provider, optimization in zip("ab", paths, providers, optimizations):
+        side_options = dataclasses.replace(
+            shared, provider=provider or options.provider, optimization=optimization or options.optimization
+        )
+        check_choices(side_options)
+        sides.append(Side(letter, path, side_options))
+    return sides[0], sides[1]
+
+
+def _pair(side_a: Side, side_b: Side, alone: bool) -> tuple[Pairing, list[tuple[str, str]]]:
+    """Plan both sides and pair their tensors and final outputs; gives each side its plan and runner."""
+    source = source_for(side_a.path) if alone else None
+    if source is not None and source.name == "keras":
+        # A Keras file alone: Keras's own layer outputs (A) against its ONNX conversion (B)
+        from ..sources.keras.layer_outputs import KerasLayers
+
+        side_a.keras = KerasLayers(side_a.path)
+        plan_b = plan_model(side_a.path, side_b.options)
+        pairing = pair_layer_outputs(plan_b, side_a.keras.classes)
+        outputs = list(zip(side_a.keras.output_names, [value.name for value in plan_b.loaded.model.graph.output]))
+    else:
+        plan_a = plan_model(side_a.path, side_a.options)
+        plan_b = plan_model(side_b.path, side_b.options)
+        check_inputs(plan_a, plan_b)
+        pairing = pair_plans(plan_a, plan_b)
+        outputs = _output_pairs(plan_a, plan_b)
+        side_a.plan, side_a.runner = pairing.plan_a, Runner(pairing.plan_a, side_a.options)
+    side_b.plan, side_b.runner = pairing.plan_b, Runner(pairing.plan_b, side_b.options)
+    side_a.outputs = [name for name, _ in outputs]
+    side_b.outputs = [name for _, name in outputs]
+    return pairing, outputs
+
+
+def _run_image(side_a: Side, side_b: Side, pairing: Pairing, path: Path, problems: list[str]):
+    """Both sides' runs of one image as [(side, its activations)]: A, B, then each repeated side again."""
+    second = side_b.run(path)
+    if side_a.keras is not None:  # Keras is fed exactly what B was fed
+        first = _keras_image(side_a.keras, pairing, path, second.input_tensor)
+    else:
+        first = side_a.run(path)
+    runs = [(side_a, first), (side_b, second)]
+    runs += [(side, side.run(path, outputs=False)) for side in (side_a, side_b) if side.noise is not None]
+    for side, result in runs[:2]:
+        if result.passes is not None:
+            side.passes = result.passes
+    for side, result in (runs[1], runs[0], *runs[2:]):  # B ran first: its problems come first
+        problems.extend(f"{side.letter.upper()}: {problem}" for problem in result.problems)
+    return runs
+
+
+def _add_layers(pairing: Pairing, runs: list, layers: list[Agreement], drawing, problems: list[str]) -> None:
+    """Add each pair's values of one image to its Agreement (and the repeats' to their noise floors);
+    ``drawing``: (staging, writer, channels, pictures) for the image whose pictures are drawn."""
+    side_a = runs[0][0]
+    for position, values in _in_step(pairing, runs):
+        pair = pairing.pairs[position]
+        first, second = values[0], values[1]
+        if first.shape != second.shape:
+            problems.append(f"{pair.name}: A gave {list(first.shape)}, B {list(second.shape)}; not compared")
+            continue
+        layers[position].add(first, second)
+        for (side, _), again in zip(runs[2:], values[2:]):
+            primary = first if side is side_a else second
+            if again.shape == primary.shape:
+                side.noise[position].add(primary, again)
+        if drawing is not None:
+            staging, writer, channels, pictures = drawing
+            pictures[position] = writer.submit(
+                first.nbytes * 2, _draw_layer, staging, position, pair, first, second, channels
+            )
+        del first, second, values
 
 
 def _keras_image(keras_a, pairing: Pairing, path: Path, tensor: np.ndarray) -> ImageActivations:
@@ -234,10 +289,6 @@ def _output_pairs(plan_a: ModelPlan, plan_b: ModelPlan) -> list[tuple[str, str]]
     return [(name, name) for name in names_a if name in names_b]
 
 
-def _side(plan: ModelPlan, path: Path, options: RenderOptions, runner: Runner, extra: list[str]):
-    return run_images(plan, [path], options, runner, extra=tuple(extra))
-
-
 def _drained(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
     """Yield each layer, dropping the list's reference to it, so its array is freed once compared."""
     if isinstance(layers, list):
@@ -248,43 +299,39 @@ def _drained(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
         yield from layers
 
 
-def _in_step(pairing: Pairing, results: dict) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Each pair's (C, H, W) values from every stream, in A's graph order, pulling each stream
-    only as far as the pair needs (in passes a stream runs its next pass when pulled)."""
-    positions = {}
-    for key in results:
-        side = key[0]
-        positions[key] = {getattr(pair, side).candidate.tensor: index for index, pair in enumerate(pairing.pairs)}
-    streams = {key: _drained(result.layers) for key, result in results.items()}
-    waiting: dict[str, dict[int, np.ndarray]] = {key: {} for key in results}
+def _in_step(pairing: Pairing, runs: list) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Each pair's (C, H, W) values from every run (in ``runs``' order), in A's graph order, pulling
+    each run only as far as the pair needs (in passes a run goes on to its next pass when pulled)."""
+    streams = []
+    for side, result in runs:
+        positions = {side.tensor(pair): index for index, pair in enumerate(pairing.pairs)}
+        streams.append((positions, _drained(result.layers), {}))
+    primaries = [0 if side is runs[0][0] else 1 for side, _ in runs]
     for index in range(len(pairing.pairs)):
-        values = {}
-        for key, stream in streams.items():
-            while index not in waiting[key]:
+        values = []
+        for positions, stream, waiting in streams:
+            while index not in waiting:
                 layer = next(stream, None)
                 if layer is None:
                     break
-                waiting[key][positions[key][layer.named.candidate.tensor]] = layer.values
+                waiting[positions[layer.named.candidate.tensor]] = layer.values
                 del layer
-            if index in waiting[key]:
-                values[key] = waiting[key].pop(index)
-        if "a" in values and "b" in values:  # a tensor the run could not give is in the image's problems
-            for key in results:
-                values.setdefault(key, values[key[0]])
+            values.append(waiting.pop(index, None))
+        if values[0] is not None and values[1] is not None:  # a tensor a run could not give is in its problems
+            values = [value if value is not None else values[primaries[at]] for at, value in enumerate(values)]
             yield index, values
         del values
 
 
-def _add_outputs(finals, outputs, results, pairing: Pairing, side_a, side_b, problems) -> None:
-    values = {}
-    for key, plan, options, position in (("a", pairing.plan_a, side_a, 0), ("b", pairing.plan_b, side_b, 1)):
-        names = [pair[position] for pair in outputs]
-        got = results[key].outputs
-        if names and not got:  # the image ran in passes, which stop at the last shown tensor
-            got = _plain_outputs(plan, options, results[key].input_tensor, names)
-        values[key] = got
+def _add_outputs(finals: list[Agreement], outputs, runs: list, problems: list[str]) -> None:
+    values = []
+    for side, result in runs:
+        got = result.outputs
+        if side.outputs and not got:  # the image ran in passes, which stop at the last shown tensor
+            got = _plain_outputs(side.plan, side.options, result.input_tensor, side.outputs)
+        values.append(got)
     for agreement, (name_a, name_b) in zip(finals, outputs):
-        first, second = np.asarray(values["a"][name_a]), np.asarray(values["b"][name_b])
+        first, second = np.asarray(values[0][name_a]), np.asarray(values[1][name_b])
         if first.shape != second.shape:
             problems.append(f"output {name_a}: A gave {list(first.shape)}, B {list(second.shape)}; not compared")
             continue
@@ -311,65 +358,3 @@ def _draw_layer(staging: Path, position: int, pair: Pair, a: np.ndarray, b: np.n
     name = f"{file_stem(position, pair.name)}.png"
     (staging / name).write_bytes(encode_png(picture, PALETTE, title))
     return {"png": name, "channels": worst}
-
-
-def _side_record(path: Path, options: RenderOptions, runner: Runner, plan: ModelPlan) -> dict:
-    return {
-        "model": str(path),
-        "provider": runner.provider,
-        "optimization": options.optimization or "extended",
-        "source": plan.source,
-        "input": {"name": plan.input.name, "shape": list(plan.input.shape), "layout": plan.input_layout.name},
-    }
-
-
-def _record(path_a, path_b, side_a, side_b, runner_a, runner_b, pairing: Pairing, tolerance: Tolerance, layers,
-            noise, finals, outputs, drawn, image_paths, problems) -> dict:
-    entries = []
-    for position, (pair, agreement) in enumerate(zip(pairing.pairs, layers)):
-        if agreement.images == 0:
-            continue
-        entry = {
-            "name": pair.name,
-            "a_tensor": pair.a.candidate.tensor,
-            "b_tensor": pair.b.candidate.tensor,
-            "b_name": pair.b_name,
-            "paired_by": pair.rule,
-            "op": pair.a.candidate.op,
-            "shape": list(agreement.shape),
-            **agreement.figures(),
-        }
-        if pair.a_source != pair.a.candidate.tensor:
-            entry["a_source"] = pair.a_source
-        if pair.b_source != pair.b.candidate.tensor:
-            entry["b_source"] = pair.b_source
-        for side in ("a", "b"):
-            if noise[side] is not None:
-                figures = noise[side][position].figures()
-                entry[f"noise_{side}"] = {"max_abs": figures["max_abs"], "sqnr_db": figures["sqnr_db"]}
-        if position in drawn:
-            entry["png"] = drawn[position]["png"]
-            entry["worst_channels"] = drawn[position]["channels"]
-        entries.append(entry)
-    first = next((entry["name"] for entry in entries if not entry["within_tolerance"]), None)
-    final = []
-    for agreement, (name_a, name_b) in zip(finals, outputs):
-        if agreement.images:
-            final.append({"name": name_a, "a_tensor": name_a, "b_tensor": name_b, **agreement.figures()})
-    within = first is None and all(entry["within_tolerance"] for entry in final)
-    return {
-        "fmonnx_version": __version__,
-        "a": _side_record(path_a, side_a, runner_a, pairing.plan_a) if runner_a is not None else None,
-        "b": _side_record(path_b, side_b, runner_b, pairing.plan_b),
-        "images": [str(path) for path in image_paths],
-        "tolerance": tolerance.describe(),
-        "within_tolerance": within,
-        "first_divergence": first,
-        "outputs": final,
-        "layers": entries,
-        "unpaired": [
-            {"tensor": item.tensor, "name": item.name, "side": item.side, "reason": item.reason}
-            for item in pairing.unpaired
-        ],
-        "problems": problems,
-    }

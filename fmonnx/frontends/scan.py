@@ -12,8 +12,8 @@ An orchestrator over the stages, in two passes (as NetDissect does it):
 2. Pass 2 reopens only the images in some top-k list and cuts each entry's crop from the
    receptive field (``stages.receptive``, ``stages.crops``); one picture per layer.
 
-Then OUT/scan.json, OUT/crops/*.jpg and OUT/index.html are written through ``staged_output``
-(nothing half-written) and the checkpoint is removed.
+Then OUT/scan.json (built by ``report.scan_record``), OUT/crops/*.jpg and OUT/index.html are written
+through ``staged_output`` (nothing half-written) and the checkpoint is removed.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import FmonnxError, ImageError, OutputError
 from ..options import RenderOptions, check_choices
+from ..report.scan_page import write_scan_page
+from ..report.scan_record import layer_record, scan_record
 from ..report.scan_result import RECORD, ScanResult, record_json
 from ..sources.inputs import as_model_path
 from ..stages.collection import Collection, list_collection, read_pixels
@@ -229,58 +230,6 @@ def _pass_two(
     return thumbnails, boxes
 
 
-def _significant(value: float) -> float | None:
-    """A float32-derived statistic to 7 significant digits (see tally's docstring); None for no value."""
-    if np.isnan(value):
-        return None
-    if np.isinf(value):  # data, written as 1e999 like every fmonnx file does
-        return float(value)
-    return float(f"{value:.7g}")
-
-
-def _layer_record(index: int, named, shape, field, layer, collection, boxes, as_map: bool, picture: str,
-                  scanned: int) -> dict:
-    std, dead, zero_fraction = layer.std, layer.dead, layer.zero_fraction
-    images = max(scanned, 1)
-    channels = []
-    for channel in range(layer.channels):
-        top = []
-        for rank in range(layer.k):
-            image_id = int(layer.top_image[channel, rank])
-            if image_id == NO_IMAGE:
-                break
-            top.append({
-                "image": collection.images[image_id].label,
-                "image_id": image_id,
-                "value": _significant(float(layer.top_value[channel, rank])),
-                "y": int(layer.top_y[channel, rank]),
-                "x": int(layer.top_x[channel, rank]),
-                "box": boxes.get((index, channel, rank)),
-            })
-        channels.append({
-            "channel": channel,
-            "mean": _significant(layer.mean[channel]),
-            "std": _significant(std[channel]),
-            "min": _significant(layer.minimum[channel]),
-            "max": _significant(layer.maximum[channel]),
-            "zero_fraction": _significant(zero_fraction[channel]),
-            "fire_fraction": _significant(layer.fires[channel] / images),
-            "dead": bool(dead[channel]),
-            "top": top,
-        })
-    return {
-        "name": named.name,
-        "tensor": named.candidate.tensor,
-        "op": named.candidate.op,
-        "shape": [shape.channels, shape.height, shape.width],
-        "receptive_field": field.describe() if field is not None else None,
-        "crops_show": "activation" if as_map else "crop",
-        "dead_channels": int(dead.sum()),
-        "crops": picture,
-        "channels": channels,
-    }
-
-
 def scan(
     model: str | os.PathLike,
     data: str | os.PathLike | list[str | os.PathLike],
@@ -308,103 +257,33 @@ def scan(
     Returns a ScanResult (scan.json's dict, the folder; a notebook view).
     """
     options = options or RenderOptions()
-    check_choices(options)
-    if engine not in ENGINES:
-        raise FmonnxError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-    if top < 1:
-        raise FmonnxError(f"--top must be at least 1 (got {top})")
-    every = checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+    target = _check_arguments(options, engine, top, out)
     started = time.perf_counter()
-    target = Path(out).resolve()
-    if target.is_dir():
-        _replaceable(target, RECORD)  # fail now, not after the scan
-    elif target.exists():
-        raise OutputError(f"output path {target} is a file; pass a folder with -o")
     model_path = as_model_path(model)
     _writable_folder(target.parent)
     plan = plan_model(model_path, options)
     collection = list_collection([data] if isinstance(data, str | os.PathLike) else list(data))
     _check_memory(plan, options, batch)
     scanner = Scanner(plan, options, batch)
-    meta = _fingerprint(Path(plan.loaded.path), collection, top, options, scanner)
-    checkpoint = checkpoint_path(target)
-    state = _resumed(checkpoint, meta, target) if resume else None
+    checkpoint = _Checkpoint(target, _fingerprint(Path(plan.loaded.path), collection, top, options, scanner),
+                             checkpoint_every or DEFAULT_CHECKPOINT_EVERY)
+    state = checkpoint.resumed() if resume else None
     resumed_from = state.done.sum() if state is not None else 0
     if state is None:
         state = ScanTally.empty([layer.channels for layer in scanner.layers], top, len(collection))
     target.parent.mkdir(parents=True, exist_ok=True)
-    since = [0]
-
-    def save(current: ScanTally, added: int) -> None:
-        since[0] += added
-        if since[0] >= every:
-            _save_checkpoint(checkpoint, current, meta)
-            since[0] = 0
-
     planned = time.perf_counter()
     timing = {"plan": planned - started}
-    if engine == "ray":
-        from .scan_ray import ScanStoppedError, pass_one_ray
-
-        try:
-            timing.update(pass_one_ray(model_path, options, scanner, collection, state, ray_address, progress, save))
-        except ScanStoppedError:
-            _save_checkpoint(checkpoint, state, meta)  # every delta merged is whole: --resume goes on from here
-            raise
-    else:
-        _pass_one_local(scanner, collection, state, progress, save)
+    timing.update(_pass_one(engine, model_path, options, scanner, collection, state, ray_address, progress,
+                            checkpoint))
     timing["pass1"] = time.perf_counter() - planned
-    _save_checkpoint(checkpoint, state, meta)  # pass 2 and writing can fail; the scanned part is kept
-    if crop_size is None:
-        cells = sum(layer.channels for layer in scanner.layers) * top
-        crop_size = CROP_SIZE if cells <= MANY_CROPS else SMALL_CROP_SIZE
-    fields_of = receptive_fields(plan.loaded.model, plan.input.name, infer_types(plan.loaded.model))
-    fields = [fields_of.get(layer.tensor) for layer in scanner.layers]
+    checkpoint.save(state)  # pass 2 and writing can fail; the scanned part is kept
     problems = list(plan.notes)
     if scanner.note is not None:  # the batch it could not use, and why: scan.json's "batch" is the one used
         problems.append(scanner.note)
-    record = {
-        "model": str(model_path),
-        "fmonnx_version": __version__,
-        "engine": engine,
-        "provider": scanner.provider,
-        "input": {
-            "name": plan.input.name, "shape": list(plan.input.shape), "layout": plan.input_layout.name,
-            "size": list(scanner.size), "preprocess": scanner.preset,
-            "resize": "every image resized (bilinear) to size, the model's input H x W, or --size "
-                      "(default 224 x 224) when the model's H or W is dynamic",
-        },
-        "batch": scanner.batch,
-        "top": top,
-        "images": state.scanned,
-        "listed": len(collection),
-        "resumed_from": int(resumed_from),
-        "skipped": [{"image": collection.images[i].label, "reason": state.skipped[i]} for i in sorted(state.skipped)],
-        "layers": [],
-        "problems": problems,
-        "files": [],
-    }
+    record = scan_record(model_path, engine, scanner, top, state, collection, resumed_from, problems)
     with staged_output(target, RECORD) as staging:
-        (staging / "crops").mkdir()
-        with tempfile.TemporaryDirectory(prefix="fmonnx-scan-", dir=staging) as scratch:
-            pass_two = time.perf_counter()
-            thumbnails, boxes = _pass_two(scanner, collection, state, fields, Path(scratch), crop_size, problems)
-            timing["pass2"] = time.perf_counter() - pass_two
-            for index, (named, shape, field, layer) in enumerate(zip(plan.tensors, scanner.layers, fields,
-                                                                     state.layers)):
-                picture = f"crops/{file_stem(index, named.name)}.jpg"
-                drawn, grid = sheet(thumbnails[index])
-                _write_picture(staging / picture, drawn)
-                del drawn
-                record["files"].append(picture)
-                as_map = covers_most(field, scanner.size)
-                record["layers"].append(_layer_record(index, named, shape, field, layer, collection, boxes, as_map,
-                                                      picture, state.scanned))
-                record["layers"][-1]["crops_grid"] = grid
-            del thumbnails
-        from ..report.scan_page import write_scan_page
-
-        record["crop_size"] = crop_size
+        _write_layers(staging, record, scanner, collection, state, crop_size, timing)
         if renders:
             started_renders = time.perf_counter()
             record["renders"] = _render_top_images(model_path, options, scanner, collection, state, renders,
@@ -414,8 +293,91 @@ def scan(
         record["files"].append(RECORD)
         record["seconds"] = {**timing, "total": time.perf_counter() - started}
         (staging / RECORD).write_text(record_json(record), encoding="utf-8")
-    checkpoint.unlink(missing_ok=True)
+    checkpoint.remove()
     return ScanResult(target, record)
+
+
+def _check_arguments(options: RenderOptions, engine: str, top: int, out) -> Path:
+    """The output folder, once every choice is known good and OUT can be replaced: fail now, not after the scan."""
+    check_choices(options)
+    if engine not in ENGINES:
+        raise FmonnxError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if top < 1:
+        raise FmonnxError(f"--top must be at least 1 (got {top})")
+    target = Path(out).resolve()
+    if target.is_dir():
+        _replaceable(target, RECORD)
+    elif target.exists():
+        raise OutputError(f"output path {target} is a file; pass a folder with -o")
+    return target
+
+
+class _Checkpoint:
+    """The scan's state beside OUT: saved every ``every`` images, read back by --resume, removed at the end."""
+
+    def __init__(self, target: Path, meta: dict, every: int):
+        self.target, self.meta, self.every = target, meta, every
+        self.path = checkpoint_path(target)
+        self.since = 0
+
+    def resumed(self) -> ScanTally | None:
+        return _resumed(self.path, self.meta, self.target)
+
+    def added(self, state: ScanTally, count: int) -> None:
+        self.since += count
+        if self.since >= self.every:
+            self.save(state)
+            self.since = 0
+
+    def save(self, state: ScanTally) -> None:
+        _save_checkpoint(self.path, state, self.meta)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pass_one(engine: str, model_path: Path, options: RenderOptions, scanner: Scanner, collection: Collection,
+              state: ScanTally, ray_address: str | None, progress, checkpoint: _Checkpoint) -> dict:
+    """Pass 1 on ``engine``; the engine's own timings (Ray gives some)."""
+    if engine != "ray":
+        _pass_one_local(scanner, collection, state, progress, checkpoint.added)
+        return {}
+    from .scan_ray import ScanStoppedError, pass_one_ray
+
+    try:
+        return pass_one_ray(model_path, options, scanner, collection, state, ray_address, progress, checkpoint.added)
+    except ScanStoppedError:
+        checkpoint.save(state)  # every delta merged is whole: --resume goes on from here
+        raise
+
+
+def _write_layers(staging: Path, record: dict, scanner: Scanner, collection: Collection, state: ScanTally,
+                  crop_size: int | None, timing: dict) -> None:
+    """Pass 2, then each layer's crops picture into staging/crops/ and its entry into ``record``."""
+    if crop_size is None:
+        cells = sum(layer.channels for layer in scanner.layers) * record["top"]
+        crop_size = CROP_SIZE if cells <= MANY_CROPS else SMALL_CROP_SIZE
+    plan = scanner.plan
+    fields_of = receptive_fields(plan.loaded.model, plan.input.name, infer_types(plan.loaded.model))
+    fields = [fields_of.get(layer.tensor) for layer in scanner.layers]
+    (staging / "crops").mkdir()
+    with tempfile.TemporaryDirectory(prefix="fmonnx-scan-", dir=staging) as scratch:
+        pass_two = time.perf_counter()
+        thumbnails, boxes = _pass_two(scanner, collection, state, fields, Path(scratch), crop_size,
+                                      record["problems"])
+        timing["pass2"] = time.perf_counter() - pass_two
+        for index, (named, shape, field, layer) in enumerate(zip(plan.tensors, scanner.layers, fields,
+                                                                 state.layers)):
+            picture = f"crops/{file_stem(index, named.name)}.jpg"
+            drawn, grid = sheet(thumbnails[index])
+            _write_picture(staging / picture, drawn)
+            del drawn
+            record["files"].append(picture)
+            as_map = covers_most(field, scanner.size)
+            record["layers"].append(layer_record(index, named, shape, field, layer, collection, boxes, as_map,
+                                                 picture, grid, state.scanned))
+        del thumbnails
+    record["crop_size"] = crop_size
 
 
 def _render_top_images(

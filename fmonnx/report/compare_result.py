@@ -3,8 +3,9 @@
 ``CompareResult.record`` is the dict written to ``compare.json``; the most
 used parts are properties (``first_divergence``, ``within_tolerance``,
 ``layers``, ``outputs``, ``unpaired``). In Jupyter it shows itself
-(``_repr_html_``): the verdict, the final outputs, the layers ranked by SQNR
-with the worst ones' pictures, and a link to index.html.
+(``_repr_html_``): the verdict, the final outputs, the layers ranked by the
+metric table's ``RANK_BY`` (SQNR) with the worst ones' pictures and the table's
+shown columns (``stages.metrics``), and a link to index.html.
 
 Infinite SQNR (identical tensors) is written as ``1e999`` (stages.write.json_pieces): valid
 JSON that Python's json and JavaScript's JSON.parse read back as infinity.
@@ -17,9 +18,10 @@ import html
 import math
 from pathlib import Path
 
+from ..stages.metrics import RANK_BY, Figures, metric_table
 from ..stages.write import json_text
 
-__all__ = ["RECORD", "CompareResult", "record_json", "format_db"]
+__all__ = ["RECORD", "CompareResult", "record_json", "format_db", "format_figure"]
 
 RECORD = "compare.json"
 _VIEW_PICTURES = 3  # layers whose pictures the notebook view shows, worst first
@@ -37,6 +39,19 @@ def format_db(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return f"{value:.1f}"
+
+
+def format_figure(value, style: str) -> str:
+    """A figure as the page shows it, by its metric's ``style``."""
+    if value is None:
+        return "-"
+    if style == "db":
+        return format_db(value)
+    if style == "cosine":
+        return f"{value:.6f}"
+    if style == "count":
+        return str(value)
+    return f"{value:.3g}"
 
 
 class CompareResult:
@@ -85,16 +100,18 @@ class CompareResult:
         """One line: the verdict, the first diverging layer and the final outputs' agreement."""
         record = self.record
         finals = record["outputs"]
-        outputs = ", ".join(f"{entry['name']} {format_db(entry['sqnr_db'])} dB" for entry in finals[:_SUMMARY_OUTPUTS])
+        outputs = ", ".join(
+            f"{entry['name']} {format_db(Figures(entry).sqnr_db)} dB" for entry in finals[:_SUMMARY_OUTPUTS]
+        )
         if len(finals) > _SUMMARY_OUTPUTS:  # a detector's heads, not hundreds of names on one line
             outputs += f" and {len(finals) - _SUMMARY_OUTPUTS} more"
         outputs = f"; final outputs: {outputs}" if outputs else ""
         count = len(record["layers"])
         if record["first_divergence"] is not None:
-            entry = self.layer(record["first_divergence"])
+            figures = Figures(self.layer(record["first_divergence"]))  # compare.json's entry, read typed
             return (
-                f"first diverging layer: {entry['name']} (SQNR {format_db(entry['sqnr_db'])} dB, max abs "
-                f"{entry['max_abs']:.3g}, {entry['nonfinite_b']} non-finite in B) of {count} compared{outputs}"
+                f"first diverging layer: {record['first_divergence']} (SQNR {format_db(figures.sqnr_db)} dB, max abs "
+                f"{figures.max_abs:.3g}, {figures.nonfinite_b} non-finite in B) of {count} compared{outputs}"
             )
         if not record["within_tolerance"]:
             return f"all {count} layers within tolerance, but a final output is not{outputs}"
@@ -108,14 +125,14 @@ class CompareResult:
         record = self.record
         verdict = "within tolerance" if record["within_tolerance"] else "NOT within tolerance"
         rows = []
-        ranked = sorted(record["layers"], key=lambda entry: entry["sqnr_db"])
+        # the rows compare.json was written with (its "metrics"), as the page reads them
+        shown = [row for row in record.get("metrics") or metric_table() if row["column"]]
+        ranked = sorted(record["layers"], key=lambda entry: entry[RANK_BY])
         for entry in ranked[:_VIEW_ROWS]:
             style = "" if entry["within_tolerance"] else ' style="color:#b00020"'
-            rows.append(
-                f"<tr{style}><td>{html.escape(entry['name'])}</td><td>{format_db(entry['sqnr_db'])}</td>"
-                f"<td>{entry['max_abs']:.3g}</td><td>{entry['cosine']:.6f}</td>"
-                f"<td>{entry['nonfinite_a']} / {entry['nonfinite_b']}</td></tr>"
-            )
+            cells = "".join(f"<td>{format_figure(entry.get(row['name']), row['style'])}</td>" for row in shown)
+            rows.append(f"<tr{style}><td>{html.escape(entry['name'])}</td>{cells}</tr>")
+        titles = "".join(f"<th>{html.escape(row['column'])}</th>" for row in shown)
         pictures = []
         for entry in ranked[:_VIEW_PICTURES]:
             path = self.folder / entry.get("png", "")
@@ -129,6 +146,6 @@ class CompareResult:
             f"<div><p><b>{html.escape(Path(record['a']['model']).name)}</b> vs "
             f"<b>{html.escape(Path(record['b']['model']).name)}</b>: {verdict}. "
             f"{html.escape(self.summary())}. {len(record['unpaired'])} unpaired.</p>"
-            "<table><tr><th>layer (worst first)</th><th>SQNR dB</th><th>max abs</th><th>cosine</th>"
-            f"<th>non-finite A / B</th></tr>{''.join(rows)}</table>{''.join(pictures)}{link}</div>"
+            f"<table><tr><th>layer (worst first)</th>{titles}"
+            f"</tr>{''.join(rows)}</table>{''.join(pictures)}{link}</div>"
         )

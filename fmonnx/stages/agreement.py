@@ -1,66 +1,23 @@
-"""How far B's activations are from A's (the reference): per-tensor figures, over one or several images.
+"""How far B's activations are from A's (the reference): running sums over one or several images.
 
-``Agreement`` accumulates sums over every image it is given (so figures
-aggregate over images without keeping any array), then ``figures()`` gives:
-
-- ``max_abs``, ``mean_abs``, ``rmse``: of ``d = b - a``;
-- ``rel_l2``: ``||d|| / ||a||``;
-- ``cosine``: ``<a, b> / (||a|| ||b||)`` (1 when both are all zero);
-- ``sqnr_db``: ``10 log10(||a||^2 / ||d||^2)``, infinite when ``d`` is all zero;
-- ``nonfinite_a``, ``nonfinite_b``: counts of inf/NaN on each side (the figures
-  above are over the positions finite on both sides);
-- ``ref_rms``, ``ref_max_abs``: the reference's own scale.
-
-``Tolerance`` says whether figures are acceptable: SQNR at least ``min_sqnr``
-dB, or (with ``rtol``/``atol``) every value within ``atol + rtol * |a|``
-(numpy's allclose, counted while accumulating); a side with non-finite values
-the other does not have is never within tolerance.
+``Agreement`` accumulates sums over every image it is given (so figures aggregate over images
+without keeping any array), then ``figures()`` finishes them through the metric table
+(``stages.metrics``: what each figure means, and why only running sums fit). For (C, H, W) layers
+it keeps each channel's error and reference energy too: ``worst_channels`` over all images.
+``Tolerance`` and ``DEFAULT_MIN_SQNR`` live in ``stages.metrics``; re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_SQNR", "Tolerance", "Agreement"]
+from .metrics import DEFAULT_MIN_SQNR, Figures, Tolerance
 
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_MIN_SQNR", "Tolerance", "Agreement", "Figures"]
 
-DEFAULT_MIN_SQNR = 30.0  # dB: the error's energy at most 1/1000 of the signal's
 _BLOCK = 1 << 22  # values per float64 block: bounds the temporaries of a huge layer
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``min_sqnr`` None: DEFAULT_MIN_SQNR unless ``rtol`` or ``atol`` is given (then allclose alone)."""
-
-    min_sqnr: float | None = None
-    rtol: float | None = None
-    atol: float | None = None
-
-    @property
-    def sqnr_bound(self) -> float | None:
-        if self.min_sqnr is not None:
-            return self.min_sqnr
-        return DEFAULT_MIN_SQNR if self.rtol is None and self.atol is None else None
-
-    @property
-    def elementwise(self) -> bool:
-        return self.rtol is not None or self.atol is not None
-
-    def describe(self) -> dict:
-        return {"min_sqnr": self.sqnr_bound, "rtol": self.rtol, "atol": self.atol}
-
-    def accepts(self, figures: dict) -> bool:
-        if figures["nonfinite_a"] != figures["nonfinite_b"]:
-            return False
-        bound = self.sqnr_bound
-        if bound is not None and not figures["sqnr_db"] >= bound:
-            return False
-        return not (self.elementwise and figures.get("outside_tolerance", 0) > 0)
 
 
 class Agreement:
@@ -83,7 +40,8 @@ class Agreement:
         self.nonfinite_a = 0
         self.nonfinite_b = 0
         self.outside = 0
-        self.channel_error: np.ndarray | None = None
+        self.channel_error: np.ndarray | None = None  # per channel sum d^2
+        self.channel_ref: np.ndarray | None = None  # per channel sum a^2
         self.images = 0
         self.shape: tuple[int, ...] = ()  # of the arrays added
 
@@ -96,18 +54,21 @@ class Agreement:
         if channels:
             if self.channel_error is None:
                 self.channel_error = np.zeros(channels, np.float64)
+                self.channel_ref = np.zeros(channels, np.float64)
             per_channel = max(1, int(np.prod(a.shape[1:])))
             step = max(1, _BLOCK // per_channel)
             for start in range(0, channels, step):
                 block = slice(start, start + step)
-                self.channel_error[block] += self._block(a[block], b[block])
+                error, reference = self._block(a[block], b[block])
+                self.channel_error[block] += error
+                self.channel_ref[block] += reference
         else:
             flat_a, flat_b = a.reshape(-1), b.reshape(-1)
             for start in range(0, flat_a.size, _BLOCK):
                 self._block(flat_a[start : start + _BLOCK, None], flat_b[start : start + _BLOCK, None])
 
-    def _block(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Add one block (first axis: channels) to the sums; its per-row error energy."""
+    def _block(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add one block (first axis: channels) to the sums; its per-row error and reference energy."""
         a = np.asarray(a, np.float64)
         b = np.asarray(b, np.float64)
         finite_a, finite_b = np.isfinite(a), np.isfinite(b)
@@ -122,7 +83,8 @@ class Agreement:
         rows = a.reshape(a.shape[0], -1)
         squared = np.square(difference).reshape(a.shape[0], -1).sum(axis=1)
         self.error_energy += float(squared.sum())
-        self.ref_energy += float(np.einsum("ij,ij->", rows, rows))
+        reference_rows = np.einsum("ij,ij->i", rows, rows)
+        self.ref_energy += float(reference_rows.sum())
         flat_b = b.reshape(b.shape[0], -1)
         self.test_energy += float(np.einsum("ij,ij->", flat_b, flat_b))
         self.cross += float(np.einsum("ij,ij->", rows, flat_b))
@@ -135,42 +97,12 @@ class Agreement:
             if self.tolerance.elementwise:
                 bound = (self.tolerance.atol or 0.0) + (self.tolerance.rtol or 0.0) * reference
                 self.outside += int(np.count_nonzero(magnitude > bound))
-        return squared
+        return squared, reference_rows
 
-    def figures(self) -> dict:
-        """The figures of the module docstring, plus ``within_tolerance`` (and ``outside_tolerance``,
-        the count of values past ``atol + rtol * |a|``, when rtol/atol are set)."""
-        count = max(self.count, 1)
-        if self.error_energy == 0.0:
-            sqnr = math.inf
-        elif self.ref_energy == 0.0:
-            sqnr = -math.inf
-        else:
-            sqnr = 10.0 * math.log10(self.ref_energy / self.error_energy)
-        if self.ref_energy == 0.0 and self.test_energy == 0.0:
-            cosine = 1.0
-        elif self.ref_energy == 0.0 or self.test_energy == 0.0:
-            cosine = 0.0
-        else:
-            cosine = self.cross / math.sqrt(self.ref_energy * self.test_energy)
-        figures = {
-            "max_abs": self.max_abs,
-            "mean_abs": self.abs_error / count,
-            "rmse": math.sqrt(self.error_energy / count),
-            "rel_l2": math.sqrt(self.error_energy / self.ref_energy) if self.ref_energy else (
-                0.0 if self.error_energy == 0.0 else math.inf
-            ),
-            "cosine": max(-1.0, min(1.0, cosine)),
-            "sqnr_db": sqnr,
-            "nonfinite_a": self.nonfinite_a,
-            "nonfinite_b": self.nonfinite_b,
-            "ref_rms": math.sqrt(self.ref_energy / count),
-            "ref_max_abs": self.ref_max_abs,
-        }
-        if self.tolerance.elementwise:
-            figures["outside_tolerance"] = self.outside
-        figures["within_tolerance"] = self.tolerance.accepts(figures)
-        return figures
+    def figures(self) -> Figures:
+        """The metric table's figures (``stages.metrics``), plus ``within_tolerance`` (and
+        ``outside_tolerance``, the count of values past ``atol + rtol * |a|``, when rtol/atol are set)."""
+        return Figures.finish(self, self.tolerance)
 
     def worst_channels(self, count: int) -> list[int]:
         """The ``count`` channels with the most error energy, worst first (ties: lower index first)."""
@@ -178,3 +110,18 @@ class Agreement:
             return []
         order = np.argsort(-self.channel_error, kind="stable")
         return [int(channel) for channel in order[:count]]
+
+    def channel_record(self, count: int) -> list[dict]:
+        """The ``count`` worst channels over every image added (most error energy first, those with
+        any error), each with its own ``rel_l2`` (``||d_c|| / ||a_c||``, the layer's on that channel alone)."""
+        records = []
+        for channel in self.worst_channels(count):
+            error, reference = float(self.channel_error[channel]), float(self.channel_ref[channel])
+            if error == 0.0:  # the rest agree exactly: not worth naming
+                break
+            if reference:
+                rel = math.sqrt(error / reference)
+            else:
+                rel = 0.0 if error == 0.0 else math.inf
+            records.append({"channel": channel, "rel_l2": rel})
+        return records

@@ -46,11 +46,14 @@
   }
   for (const problem of record.problems) $("problems").append(el("p", {}, problem));
 
-  const columns = [
-    ["SQNR dB", (f) => db(f.sqnr_db), "sqnr"], ["max abs", (f) => num(f.max_abs)], ["mean abs", (f) => num(f.mean_abs)],
-    ["RMSE", (f) => num(f.rmse)], ["rel L2", (f) => num(f.rel_l2)], ["cosine", (f) => f.cosine.toFixed(6)],
-    ["non-finite A / B", (f) => `${f.nonfinite_a} / ${f.nonfinite_b}`], ["A's RMS", (f) => num(f.ref_rms)],
-  ];
+  // The columns are compare.json's metric table (stages.metrics): a new metric needs no line here.
+  const styles = {
+    db: (value) => db(value), cosine: (value) => value.toFixed(6), count: (value) => String(value), num: (value) => num(value),
+  };
+  const columns = record.metrics.filter((metric) => metric.column).map((metric) => [
+    metric.column, (f) => (f[metric.name] === undefined || f[metric.name] === null ? "-" : (styles[metric.style] || num)(f[metric.name])),
+    metric.style === "db" ? "sqnr" : "",
+  ]);
   const outputs = $("outputs");
   outputs.append(el("tr", {}, el("th", {}, "output"), ...columns.map(([title]) => el("th", {}, title))));
   for (const output of record.outputs) {
@@ -109,6 +112,10 @@
         `${layer.within_tolerance ? "within" : "past"} the tolerance`,
     ];
     if (layer.b_source) facts.splice(2, 0, `B's value traced from ${layer.b_source}`);
+    if (layer.worst_channels_over_images) {
+      const worst = layer.worst_channels_over_images.map((item) => `${item.channel} (rel L2 ${num(item.rel_l2)})`);
+      facts.push(`Worst channels over all ${record.images.length} image(s): ${worst.join(", ")}`);
+    }
     for (const fact of facts) detail.append(el("p", { class: "mono" }, fact));
     const picture = data.pictures[layer.name];
     if (picture) {
