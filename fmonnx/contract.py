@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "LAYERS_KEY", "SOURCE_KEY", "RECORD_LAYOUTS", "SCHEMA", "LayerRecord", "call_name", "split_call_name",
+    "check_schema",
 ]
 
 LAYERS_KEY = "fmonnx.layers"
@@ -48,6 +49,17 @@ class LayerRecord:
     inner: tuple[str, ...] = ()
     layout: str | None = None
     also_output_of: tuple[str, ...] = ()
+
+
+def check_schema(record: dict, path) -> None:
+    """Raise FmonnxError when a JSON file fmonnx reads back was written by a newer fmonnx (a higher
+    ``schema``); files without the field come from before it and are read as schema 1."""
+    from .errors import FmonnxError
+
+    schema = record.get("schema", 1) if isinstance(record, dict) else None
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise FmonnxError(f"{path} has schema {schema!r}, which this fmonnx (schema {SCHEMA}) cannot read; "
+                          "update fmonnx, or write the folder again with this one")
 
 
 def call_name(path: str, call: int = 1) -> str:

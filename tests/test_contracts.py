@@ -1,4 +1,5 @@
-"""Every CLI choice and default is fmonnx/choices.py's, and the stages use the same values."""
+"""Contracts defined once: every CLI choice and default is fmonnx/choices.py's (the stages use the same values), and
+every JSON file carries contract.SCHEMA."""
 
 from __future__ import annotations
 
@@ -51,3 +52,41 @@ def test_cli_defaults_are_the_library_defaults():
     assert scan_cli["top"] == inspect.signature(scan).parameters["top"].default
     explain_cli = {param.name: param.default for param in cli.commands["explain"].params}
     assert explain_cli["method"] == inspect.signature(explain).parameters["method"].default
+
+
+def test_json_files_carry_the_schema_and_a_newer_one_is_refused(tmp_path, copy_model_path, write_image,
+                                                                 gradient_rgb):
+    import json
+
+    import pytest
+
+    import fmonnx
+    from fmonnx.contract import SCHEMA
+
+    image = write_image(gradient_rgb, "image.png")
+    result = fmonnx.render(copy_model_path, [image], out=tmp_path / "maps")
+    manifest = json.loads((tmp_path / "maps" / "manifest.json").read_text())
+    assert manifest["schema"] == SCHEMA and list(manifest)[0] == "schema"
+    explained = fmonnx.frontends.explain.explain_images(copy_model_path, [image], tmp_path / "why")
+    assert explained["schema"] == SCHEMA
+    assert json.loads((tmp_path / "why" / "explain.json").read_text())["schema"] == SCHEMA
+    # a folder written by a newer fmonnx is not misread
+    manifest["schema"] = SCHEMA + 1
+    (tmp_path / "maps" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(fmonnx.FmonnxError, match="schema"):
+        type(result)(tmp_path / "maps", outline=None).manifest
+    # and an earlier output is still replaced in place
+    fmonnx.render(copy_model_path, [image], out=tmp_path / "maps")
+
+
+def test_compare_and_scan_records_carry_the_schema(tmp_path, copy_model_path, write_image, gradient_rgb):
+    import json
+
+    import fmonnx
+    from fmonnx.contract import SCHEMA
+
+    image = write_image(gradient_rgb, "image.png")
+    fmonnx.compare(copy_model_path, copy_model_path, [image], tmp_path / "compare")
+    fmonnx.scan(copy_model_path, [image], tmp_path / "scan")
+    for record in (tmp_path / "compare" / "compare.json", tmp_path / "scan" / "scan.json"):
+        assert json.loads(record.read_text())["schema"] == SCHEMA, record

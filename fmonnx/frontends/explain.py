@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..contract import SCHEMA
 from ..errors import FmonnxError, ImageError, ModelError
 from ..options import RenderOptions, check_choices
 from ..sources.inputs import as_model_path
@@ -441,6 +442,7 @@ def explain_images(model=None, images=None, out: str | os.PathLike = "explain", 
                 progress(index + 1, len(paths))
 
     header = {
+        "schema": SCHEMA,
         "model": str(explainer.model_path),
         "source": explainer.plan.source,
         "provider": explainer.provider,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..contract import SCHEMA
 from ..errors import FmonnxError
 from ..options import RenderOptions, check_choices
 from ..report.page import data_file, write_layer_data, write_photo, write_report
@@ -111,6 +112,7 @@ def render(
                 if progress is not None:
                     progress(len(entries), len(image_paths))
         manifest = {
+            "schema": SCHEMA,
             "model": str(model_path),
             "source": plan.source,
             "provider": runner.provider,

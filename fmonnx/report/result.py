@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import check_schema
 from ..errors import FmonnxError
 
 __all__ = ["RenderResult"]
@@ -50,12 +51,14 @@ class RenderResult:
         if self._manifest is None:
             path = self.folder / "manifest.json"
             try:
-                self._manifest = json.loads(path.read_text(encoding="utf-8"))
+                manifest = json.loads(path.read_text(encoding="utf-8"))
             except OSError as exc:
                 raise FmonnxError(
                     f"cannot read {path} ({exc.strerror or exc}); the render's folder was moved or deleted: "
                     "render again"
                 ) from None
+            check_schema(manifest, path)
+            self._manifest = manifest
             self._outline = None
         return self._manifest
 

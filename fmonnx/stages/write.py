@@ -404,7 +404,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
         file.write("\n")
 
 
-_TOP_LEVEL = re.compile(r'^ "(files|fmonnx_version)": (.*?),?$')
+_TOP_LEVEL = re.compile(r'^ "(files|schema|fmonnx_version)": (.*?),?$')
 
 
 def _manifest_files(path: Path) -> tuple[bool, list]:
@@ -422,9 +422,14 @@ def _manifest_files(path: Path) -> tuple[bool, list]:
                 if match:
                     found[match.group(1)] = json.loads(match.group(2))
     if "files" not in found:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        return "fmonnx_version" in manifest, manifest["files"]
-    return "fmonnx_version" in found, found["files"]
+        found = json.loads(path.read_text(encoding="utf-8"))
+    return written_by_fmonnx(found), found["files"]
+
+
+def written_by_fmonnx(record: dict) -> bool:
+    """Whether a JSON record is one fmonnx wrote: its ``schema`` (contract.SCHEMA), or the
+    ``fmonnx_version`` that outputs made before the schema field carry."""
+    return isinstance(record.get("schema"), int) or "fmonnx_version" in record
 
 
 def _fmonnx_entries(record: str, files) -> tuple[set[str], set[str]]:
