@@ -38,8 +38,8 @@ __all__ = [
 # so importing one never replaces the function on this package.
 _PUBLIC = {
     "render": "fmonnx.frontends.render",
-    "activations": "fmonnx.stages.activations",
-    "list_layers": "fmonnx.stages.plan",
+    "activations": "fmonnx.frontends.layers",
+    "list_layers": "fmonnx.frontends.layers",
     "layer_stats": "fmonnx.frontends.stats",
     "convert": "fmonnx.sources.dispatch",
     "compare": "fmonnx.frontends.compare",

@@ -281,8 +281,8 @@ def explain(model, images, out, target, layer_names, all_layers, method, ops, al
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (open sizes as null).")
 def layers(model, ops, all_spatial, input_layout, size, as_json):
     """List the tensors of MODEL that can be shown, with op and C x H x W shape."""
+    from .frontends.layers import list_layers
     from .options import RenderOptions
-    from .stages.plan import list_layers
 
     options = RenderOptions(
         ops=_parse_ops(ops), all_spatial=all_spatial, input_layout=input_layout.upper() if input_layout else None,

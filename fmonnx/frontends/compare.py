@@ -38,12 +38,13 @@ from ..stages.agreement import Agreement, Tolerance
 from ..stages.layout import Layout
 from ..stages.metadata import read_layer_metadata
 from ..stages.pairing import Pair, Pairing, check_inputs, pair_layer_outputs, pair_plans
-from ..stages.plan import ModelPlan, demo_paths, plan_model
+from ..stages.plan import ModelPlan, demo_paths
 from ..stages.preprocess import expand_image_paths
 from ..stages.run import create_session, resolve_providers, run_session
 from ..stages.runner import Runner
 from ..stages.triptych import PALETTE, draw_triptych
 from ..stages.write import PictureWriter, encode_png, file_stem, staged_output
+from .models import plan_for
 
 __all__ = ["compare", "DIVERGED_EXIT_CODE", "Side"]
 
@@ -188,12 +189,12 @@ def _pair(side_a: Side, side_b: Side, alone: bool) -> tuple[Pairing, list[tuple[
         from ..sources.keras.layer_outputs import KerasLayers
 
         side_a.keras = KerasLayers(side_a.path)
-        plan_b = plan_model(side_a.path, side_b.options)
+        plan_b = plan_for(side_a.path, side_b.options)
         pairing = pair_layer_outputs(plan_b, side_a.keras.classes)
         outputs = list(zip(side_a.keras.output_names, [value.name for value in plan_b.loaded.model.graph.output]))
     else:
-        plan_a = plan_model(side_a.path, side_a.options)
-        plan_b = plan_model(side_b.path, side_b.options)
+        plan_a = plan_for(side_a.path, side_a.options)
+        plan_b = plan_for(side_b.path, side_b.options)
         check_inputs(plan_a, plan_b)
         pairing = pair_plans(plan_a, plan_b)
         outputs = _output_pairs(plan_a, plan_b)

@@ -38,11 +38,12 @@ from ..stages.explain_graph import (
 from ..stages.explained import ExplainedLayer, ImageExplanation, TargetChoice
 from ..stages.layout import Layout, chw_shape
 from ..stages.names import NamedTensor
-from ..stages.plan import ModelPlan, demo_paths, plan_model
+from ..stages.plan import ModelPlan, demo_paths
 from ..stages.preprocess import DEFAULT_PRESET, expand_image_paths, load_image, read_input
 from ..stages.run import create_session, run_session
 from ..stages.score import score_tensor
 from ..stages.shapes import infer_types
+from .models import plan_for
 
 __all__ = ["explain", "explain_images", "Explainer"]
 
@@ -80,7 +81,7 @@ class Explainer:
         self.method = method
         self.spec = targets_.parse_target(target)
         self.model_path = as_model_path(model) if model is not None else demo_paths()[0]
-        self.plan = plan = plan_model(self.model_path, options)
+        self.plan = plan = plan_for(self.model_path, options)
         self.types = infer_types(plan.loaded.model)
         self.metadata = {entry.key: entry.value for entry in plan.loaded.model.metadata_props}
         self.notes: list[str] = []  # what the explanation cannot promise, said once per image

@@ -29,7 +29,7 @@ from ..stages.colormap import lookup_table, to_palette_indices
 from ..stages.draw import OVERVIEW_CHANNELS, draw_layer, draw_overview
 from ..stages.layout import Layout
 from ..stages.normalize import ChannelStats, channel_stats, normalize
-from ..stages.plan import ModelPlan, demo_paths, plan_model
+from ..stages.plan import ModelPlan, demo_paths
 from ..stages.preprocess import expand_image_paths
 from ..stages.runner import Runner
 from ..stages.select import check_selection, describe_selection, select_channels
@@ -43,6 +43,7 @@ from ..stages.write import (
     write_manifest,
     write_picture,
 )
+from .models import plan_for
 
 __all__ = ["render"]
 
@@ -79,7 +80,7 @@ def render(
     check_selection(options.max_channels, options.top)
     check_choices(options)
     started = time.perf_counter()
-    # a Keras or .pt2 path stays itself (converted in plan_model); a module becomes its converted file
+    # a framework file's path stays itself (converted in plan_for); a module becomes its converted file
     model_path = as_model_path(model_path) if model_path is not None else demo_paths()[0]
     image_paths = expand_image_paths(images) if images else [demo_paths()[1]]
     lookup_table(options.cmap)  # an unknown colormap fails before any work
@@ -159,7 +160,7 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runne
     try:
         stat = model_path.stat()
     except OSError:
-        return (plan := plan_model(model_path, options)), Runner(plan, options)
+        return (plan := plan_for(model_path, options)), Runner(plan, options)
     key = (
         str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, options.ops, options.all_spatial,
         options.input_layout, options.provider, options.optimization, options.threads, options.max_memory,
@@ -170,7 +171,7 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runne
         if _last_model and _last_model[0][0] == key:
             return _last_model[0][1], _last_model[0][2]
         _last_model.clear()  # the old session goes before the new one is opened
-    plan = plan_model(model_path, options)
+    plan = plan_for(model_path, options)
     runner = Runner(plan, options)
     with _last_model_lock:
         _last_model[:] = [(key, plan, runner)]

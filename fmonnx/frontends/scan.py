@@ -38,7 +38,7 @@ from ..stages.collection import Collection, list_collection, read_pixels
 from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, fitted_image, image_box, sheet
 from ..stages.expose import exposed_suffix
 from ..stages.passes import MIB, available_bytes
-from ..stages.plan import ModelPlan, plan_model
+from ..stages.plan import ModelPlan
 from ..stages.receptive import Field, receptive_fields
 from ..stages.run import create_session, run_session
 from ..stages.runner import one_run_memory
@@ -46,6 +46,7 @@ from ..stages.scanner import DEFAULT_BATCH, Scanner, input_size
 from ..stages.shapes import infer_types
 from ..stages.tally import NO_IMAGE, ScanTally
 from ..stages.write import _replaceable, file_stem, staged_output
+from .models import plan_for
 
 __all__ = ["scan", "ENGINES", "DEFAULT_TOP", "DEFAULT_CHECKPOINT_EVERY", "checkpoint_path"]
 
@@ -261,7 +262,7 @@ def scan(
     started = time.perf_counter()
     model_path = as_model_path(model)
     _writable_folder(target.parent)
-    plan = plan_model(model_path, options)
+    plan = plan_for(model_path, options)
     collection = list_collection([data] if isinstance(data, str | os.PathLike) else list(data))
     _check_memory(plan, options, batch)
     scanner = Scanner(plan, options, batch)

@@ -77,10 +77,10 @@ class _ScanActor:
     """Holds a Scanner (the onnxruntime session) and an actor-local state used to filter top-k candidates."""
 
     def __init__(self, model_path: str, options: RenderOptions, batch: int, top: int, images: int):
-        from ..stages.plan import plan_model
         from ..stages.scanner import Scanner
+        from .models import plan_for
 
-        self.scanner = Scanner(plan_model(model_path, options), options, batch)
+        self.scanner = Scanner(plan_for(model_path, options), options, batch)
         self.own = ScanTally.empty([layer.channels for layer in self.scanner.layers], top, images)
 
     def __call__(self, batch: dict) -> dict:

@@ -7,9 +7,9 @@ import os
 from ..options import RenderOptions
 from ..stages.activations import compute_activations
 from ..stages.normalize import channel_stats
-from ..stages.plan import plan_model
 from ..stages.runner import Runner
 from ..stages.stats import channel_records, layer_summary
+from .models import plan_for
 
 __all__ = ["layer_stats"]
 
@@ -21,7 +21,7 @@ def layer_stats(model_path: str | os.PathLike, image: str | os.PathLike, options
     "stats": layer_summary, "channels": channel_records}], "problems": [...]}``.
     """
     options = options or RenderOptions()
-    plan = plan_model(model_path, options)
+    plan = plan_for(model_path, options)
     runner = Runner(plan, options)  # opens the session only if one run fits the memory bound
     result = next(compute_activations(plan, [image], options, runner))
     layers = []

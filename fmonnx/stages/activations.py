@@ -19,12 +19,12 @@ from ..options import RenderOptions
 from .layout import Layout
 from .names import NamedTensor
 from .passes import available_bytes
-from .plan import ModelPlan, plan_model
+from .plan import ModelPlan
 from .preprocess import DEFAULT_PRESET, expand_image_paths, read_input
 from .run import run_session
 from .runner import Runner
 
-__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "run_images", "image_memory", "activations"]
+__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "run_images", "image_memory"]
 
 
 @dataclass
@@ -149,14 +149,3 @@ def run_images(
                 if layer is not None:
                     result.layers.append(layer)
         yield result
-
-
-def activations(
-    model_path: str | os.PathLike, image: str | os.PathLike, options: RenderOptions | None = None
-) -> dict[str, np.ndarray]:
-    """``{display name: (C, H, W) float32}`` for one image: the numbers behind the pictures."""
-    plan = plan_model(model_path, options)
-    result = next(compute_activations(plan, [image], options))
-    return {layer.named.name: layer.values for layer in result.layers}
-
-

@@ -1,8 +1,8 @@
 """Plan a model: what will be shown (names, layouts) and the input to feed, from the graph alone.
 
-``plan_model`` reads the model (a Keras or PyTorch file is converted first),
+``plan_model`` reads an ONNX model (frontends/models.py converts a framework model first),
 finds the tensors to show, names them and proves their channel axes;
-``list_layers`` is the plan as rows. No session is opened here.
+``layer_rows`` is the plan as rows (``fmonnx.list_layers``). No session is opened here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import onnx
 
 from ..errors import ImageError, ModelError
 from ..options import RenderOptions
-from ..sources.inputs import conversion_record, onnx_path_for
 from .expose import DEFAULT_OPS, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout, maps_of_sequences
 from .load import LoadedModel, load_model
@@ -29,7 +28,7 @@ from .preprocess import InputSpec
 from .shapes import TensorType, infer_types
 from .tokens import NOT_A_GRID, TokenGrid, choose_tokens, map_candidate, not_grid_tensors
 
-__all__ = ["ModelPlan", "plan_model", "list_layers", "demo_paths"]
+__all__ = ["ModelPlan", "plan_model", "layer_rows", "demo_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +199,16 @@ def _unproven_note(names: list[str]) -> str:
             f"and marked in the manifest (layout_certain false): {shown}")
 
 
-def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None) -> ModelPlan:
-    """Load a model and decide what to show: names, layouts, the input to feed."""
+def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = None,
+               conversion: dict | None = None) -> ModelPlan:
+    """Load an ONNX model and decide what to show: names, layouts, the input to feed.
+
+    ``model_path`` is an ONNX file: a framework model is converted first (frontends/models.py's
+    ``plan_for`` does both), and ``conversion`` is what its conversion recorded (merged into the
+    plan's ``source``).
+    """
     options = options or RenderOptions()
-    loaded = load_model(onnx_path_for(model_path))
+    loaded = load_model(model_path)
     types = infer_types(loaded.model)
     spec = _image_input(loaded, types)
     input_layout = detect_input_layout(spec.shape, options.input_layout)
@@ -272,9 +277,8 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     set_aside = [(n, reasons[n.candidate.tensor]) for n in everything if n.candidate.tensor in reasons]
     if not options.all_spatial:
         set_aside = []  # ops chose them by their op, not as spatial tensors: nothing to say
-    converted = conversion_record(model_path)
-    if converted:
-        source = {**source, **converted}
+    if conversion:
+        source = {**source, **conversion}
     unproven = [n.name for n in named if not (layouts.get(n.candidate.tensor) or Layout(1, False)).certain]
     notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []),
              *([_unproven_note(unproven)] if unproven else []))
@@ -326,7 +330,7 @@ def _types_at_size(plan: ModelPlan, size: tuple[int, int] | None) -> dict[str, T
     return infer_types(plan.loaded.model, {plan.input.name: fixed}) if fixed is not None else {}
 
 
-def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = None) -> list[dict]:
+def layer_rows(plan: ModelPlan, options: RenderOptions | None = None) -> list[dict]:
     """Each tensor that would be shown: name, op, tensor, C x H x W (from shape inference).
 
     With ``options.all_spatial`` the 4-D tensors that are not feature maps are listed too, with
@@ -335,7 +339,6 @@ def list_layers(model_path: str | os.PathLike, options: RenderOptions | None = N
     Sizes are ints, or None where the model leaves them open; with ``options.size`` a dynamic
     H x W is fixed at that size first.
     """
-    plan = plan_model(model_path, options)
     resolved = _types_at_size(plan, options.size if options else None)
     reasons = dict((named.candidate.tensor, reason) for named, reason in plan.set_aside)
     rows = []
