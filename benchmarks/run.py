@@ -108,7 +108,7 @@ class Table:
 
 
 def bound_of(model: Path, largest: int) -> int:
-    from fmonnx.stages.passes import memory_bound
+    from fmonnx.stages.pieces import memory_bound
 
     return memory_bound(model.stat().st_size, largest)
 
@@ -122,10 +122,11 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
     from fmonnx.stages.colormap import palette
     from fmonnx.stages.draw import draw_layer
     from fmonnx.stages.normalize import channel_stats
+    from fmonnx.stages.picture_pool import PictureWriter
     from fmonnx.stages.plan import plan_model
+    from fmonnx.stages.png import encode_png
     from fmonnx.stages.run import run_session
     from fmonnx.stages.runner import Runner, open_session
-    from fmonnx.stages.write import PictureWriter, encode_png
 
     options = RenderOptions(report=False, provider=provider)
     plan = plan_model(model, options)
@@ -344,7 +345,7 @@ def main() -> None:
     from fmonnx.stages.plan import demo_paths
 
     _, photo = demo_paths()
-    from fmonnx.stages.write import deflate_backend
+    from fmonnx.stages.png import deflate_backend
 
     print(f"Machine: {machine()}")
     print(f"Provider: {args.provider}; PNG deflate: {deflate_backend()} (isal when installed, else zlib)")

@@ -326,7 +326,7 @@ def stats(model, image, ops, all_spatial, input_layout, preprocess, provider, as
     for problem in result["problems"]:
         click.echo(f"Warning: {problem}", err=True)
     if as_json:
-        from .stages.write import json_text
+        from .stages.json_out import json_text
 
         click.echo(json_text(result))  # infinity as 1e999, NaN as null: valid JSON, as in every fmonnx file
         return

@@ -174,7 +174,7 @@ def test_several_images_get_folders_and_masks_and_boxes(tmp_path):
 def test_an_earlier_explanation_is_replaced_but_a_foreign_file_is_kept(tmp_path):
     from fmonnx.errors import OutputError
     from fmonnx.report.explain_write import EXPLAIN_JSON
-    from fmonnx.stages.write import staged_output
+    from fmonnx.stages.output_folder import staged_output
 
     out = tmp_path / "out"
     for save_arrays in (True, False):  # fewer files the second time: the arrays go

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import copy_model_nchw, save
 from fmonnx.errors import ImageError, OutputError
 from fmonnx.stages.collection import list_collection
-from fmonnx.stages.write import staged_output
+from fmonnx.stages.output_folder import staged_output
 
 SIZE = 8
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from conftest import copy_model_nchw, make_model, save
 from fmonnx.stages.decimals import json_lists
+from fmonnx.stages.json_out import json_text
 from fmonnx.stages.metadata import LAYERS_KEY, SOURCE_KEY, LayerRecord, read_layer_metadata, read_source_metadata
-from fmonnx.stages.write import json_text
 
 
 def fmonnx(*args, cwd: Path) -> subprocess.CompletedProcess:

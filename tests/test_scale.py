@@ -19,11 +19,14 @@ from fmonnx.cli import cli
 from fmonnx.errors import FmonnxError
 from fmonnx.stages.activations import compute_activations
 from fmonnx.stages.colormap import palette
-from fmonnx.stages.passes import NodeSketch, memory_bound, plan_passes, tensor_bytes
+from fmonnx.stages.json_out import json_pieces, manifest_json
+from fmonnx.stages.picture_pool import PictureWriter
+from fmonnx.stages.pieces import NodeSketch, memory_bound, plan_passes, tensor_bytes
 from fmonnx.stages.plan import plan_model
+from fmonnx.stages.png import encode_png
 from fmonnx.stages.shapes import TensorType
+from fmonnx.stages.spill import Spill
 from fmonnx.stages.tile import tile
-from fmonnx.stages.write import PictureWriter, Spill, encode_png, json_pieces, manifest_json
 
 MIB = 2**20
 
@@ -397,7 +400,7 @@ def test_a_manifest_in_another_layout_is_still_recognised(residual_path, red_ima
 def test_a_piece_that_gives_nothing_is_not_run():
     """A piece with nothing to show or hand on is skipped: onnxruntime refuses a run with no outputs
     (EfficientNetB7 in passes failed so)."""
-    from fmonnx.stages.passes import Piece, run_pieces
+    from fmonnx.stages.pieces import Piece, run_pieces
 
     nothing = Piece(0, 1, (), ("x",), (), 0)
     opened = []

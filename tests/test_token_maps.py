@@ -296,7 +296,7 @@ def test_swin_like_token_mlp_is_drawn_and_its_image_keeps_channels_last(tmp_path
 def test_token_maps_in_passes_and_scan(tmp_path):
     """A render cut into passes and a scan both run the nodes that draw tokens (they are not in the file)."""
     from fmonnx.options import RenderOptions
-    from fmonnx.stages.passes import plan_passes
+    from fmonnx.stages.pieces import plan_passes
     from fmonnx.stages.plan import plan_model
     from fmonnx.stages.runner import Runner, _sized, open_session
 

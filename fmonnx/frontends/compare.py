@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,19 @@ from ..report.compare_page import write_compare_page
 from ..report.compare_record import compare_record, side_record
 from ..report.compare_result import RECORD, CompareResult, record_json
 from ..sources.registry import source_for
-from ..stages.activations import ImageActivations, LayerActivation, run_images
+from ..stages.activations import ImageActivations, LayerActivation, consume_layers, run_images
 from ..stages.agreement import Agreement, Tolerance
 from ..stages.layout import Layout
 from ..stages.metadata import read_layer_metadata
+from ..stages.output_folder import staged_output
 from ..stages.pairing import Pair, Pairing, check_inputs, pair_layer_outputs, pair_plans
+from ..stages.picture_pool import PictureWriter
 from ..stages.plan import ModelPlan, demo_paths
+from ..stages.png import encode_png, file_stem
 from ..stages.preprocess import expand_image_paths
 from ..stages.run import create_session, resolve_providers, run_session
 from ..stages.runner import Runner
 from ..stages.triptych import PALETTE, draw_triptych
-from ..stages.write import PictureWriter, encode_png, file_stem, staged_output
 from .models import plan_for
 
 __all__ = ["compare", "DIVERGED_EXIT_CODE", "Side"]
@@ -290,23 +292,13 @@ def _output_pairs(plan_a: ModelPlan, plan_b: ModelPlan) -> list[tuple[str, str]]
     return [(name, name) for name in names_a if name in names_b]
 
 
-def _drained(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
-    """Yield each layer, dropping the list's reference to it, so its array is freed once compared."""
-    if isinstance(layers, list):
-        layers.reverse()
-        while layers:
-            yield layers.pop()
-    else:
-        yield from layers
-
-
 def _in_step(pairing: Pairing, runs: list) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Each pair's (C, H, W) values from every run (in ``runs``' order), in A's graph order, pulling
     each run only as far as the pair needs (in passes a run goes on to its next pass when pulled)."""
     streams = []
     for side, result in runs:
         positions = {side.tensor(pair): index for index, pair in enumerate(pairing.pairs)}
-        streams.append((positions, _drained(result.layers), {}))
+        streams.append((positions, consume_layers(result.layers), {}))
     primaries = [0 if side is runs[0][0] else 1 for side, _ in runs]
     for index in range(len(pairing.pairs)):
         values = []

@@ -426,7 +426,7 @@ def explain_images(model=None, images=None, out: str | os.PathLike = "explain", 
     ``layers`` None: every layer render shows (the page's strip), the default one detailed.
     """
     from ..report.explain_write import EXPLAIN_JSON, write_explanation
-    from ..stages.write import staged_output
+    from ..stages.output_folder import staged_output
 
     options = options or RenderOptions()
     started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 An orchestrator over the stages: ``stages.plan`` (ModelProto -> what to show
 and how it is laid out), ``stages.activations`` (images -> ``{name: (C, H, W)}``),
-``stages.draw`` (activations -> palette pictures), ``stages.write`` and ``report``
-(files). Image i is drawn on writer threads while image i + 1 runs through the model.
+``stages.draw`` (activations -> palette pictures), ``stages.png``, ``stages.picture_pool``,
+``stages.output_folder`` and ``report`` (files). Image i is drawn on writer threads
+while image i + 1 runs through the model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,25 +25,21 @@ from ..options import RenderOptions, check_choices
 from ..report.page import data_file, write_layer_data, write_photo, write_report
 from ..report.result import RenderResult
 from ..sources.inputs import as_model_path
-from ..stages.activations import ImageActivations, LayerActivation, run_images
+from ..stages.activations import ImageActivations, LayerActivation, consume_layers, run_images
 from ..stages.colormap import lookup_table, to_palette_indices
 from ..stages.draw import OVERVIEW_CHANNELS, draw_layer, draw_overview
+from ..stages.json_out import write_manifest
 from ..stages.layout import Layout
 from ..stages.normalize import ChannelStats, channel_stats, normalize
+from ..stages.output_folder import staged_output
+from ..stages.picture_pool import PictureWriter
 from ..stages.plan import ModelPlan, demo_paths
+from ..stages.png import file_stem, write_array, write_picture
 from ..stages.preprocess import expand_image_paths
 from ..stages.runner import Runner
 from ..stages.select import check_selection, describe_selection, select_channels
+from ..stages.spill import Spill
 from ..stages.stats import channel_columns, layer_summary
-from ..stages.write import (
-    PictureWriter,
-    Spill,
-    file_stem,
-    staged_output,
-    write_array,
-    write_manifest,
-    write_picture,
-)
 from .models import plan_for
 
 __all__ = ["render"]
@@ -178,16 +175,6 @@ def _planned(model_path: Path, options: RenderOptions) -> tuple[ModelPlan, Runne
     return plan, runner
 
 
-def _consume(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
-    """Yield each layer, dropping the list's reference to it, so its array is freed once drawn."""
-    if isinstance(layers, list):
-        layers.reverse()
-        while layers:
-            yield layers.pop()
-    else:
-        yield from layers
-
-
 @dataclass
 class _ImageJob:
     """An image whose layers are being drawn and written on the writer's threads."""
@@ -209,7 +196,7 @@ def _start_image(
     target = staging / folder
     target.mkdir(exist_ok=True)
     job = _ImageJob(result, folder, target, f"{folder}/" if folder else "", time.perf_counter(), spill, [])
-    for index, layer in enumerate(_consume(result.layers)):
+    for index, layer in enumerate(consume_layers(result.layers)):
         job.layers.append(writer.submit(layer.values.nbytes, _write_layer, staging, job, index, layer, options))
         del layer  # the task holds the array now; it is freed once drawn
     return job

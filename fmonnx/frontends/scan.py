@@ -37,15 +37,16 @@ from ..sources.inputs import as_model_path
 from ..stages.collection import Collection, list_collection, read_pixels
 from ..stages.crops import activation_thumbnail, covers_most, crop_thumbnail, fitted_image, image_box, sheet
 from ..stages.expose import exposed_suffix
-from ..stages.passes import MIB, available_bytes
+from ..stages.output_folder import replaceable, staged_output
+from ..stages.pieces import MIB, available_bytes
 from ..stages.plan import ModelPlan
+from ..stages.png import file_stem
 from ..stages.receptive import Field, receptive_fields
 from ..stages.run import create_session, run_session
 from ..stages.runner import one_run_memory
 from ..stages.scanner import DEFAULT_BATCH, Scanner, input_size
 from ..stages.shapes import infer_types
 from ..stages.tally import NO_IMAGE, ScanTally
-from ..stages.write import _replaceable, file_stem, staged_output
 from .models import plan_for
 
 __all__ = ["scan", "ENGINES", "DEFAULT_TOP", "DEFAULT_CHECKPOINT_EVERY", "checkpoint_path"]
@@ -307,7 +308,7 @@ def _check_arguments(options: RenderOptions, engine: str, top: int, out) -> Path
         raise FmonnxError(f"--top must be at least 1 (got {top})")
     target = Path(out).resolve()
     if target.is_dir():
-        _replaceable(target, RECORD)
+        replaceable(target, RECORD)
     elif target.exists():
         raise OutputError(f"output path {target} is a file; pass a folder with -o")
     return target

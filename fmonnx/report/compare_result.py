@@ -7,19 +7,19 @@ used parts are properties (``first_divergence``, ``within_tolerance``,
 metric table's ``RANK_BY`` (SQNR) with the worst ones' pictures and the table's
 shown columns (``stages.metrics``), and a link to index.html.
 
-Infinite SQNR (identical tensors) is written as ``1e999`` (stages.write.json_pieces): valid
+Infinite SQNR (identical tensors) is written as ``1e999`` (stages.json_out.json_pieces): valid
 JSON that Python's json and JavaScript's JSON.parse read back as infinity.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from pathlib import Path
 
+from ..stages.json_out import json_text
 from ..stages.metrics import RANK_BY, Figures, metric_table
-from ..stages.write import json_text
+from .folder_result import FolderResult
 
 __all__ = ["RECORD", "CompareResult", "record_json", "format_db", "format_figure"]
 
@@ -54,15 +54,11 @@ def format_figure(value, style: str) -> str:
     return f"{value:.3g}"
 
 
-class CompareResult:
+class CompareResult(FolderResult):
     """A finished compare: ``record`` (compare.json's dict) and ``folder`` (where it was written)."""
 
-    def __init__(self, folder: str | Path, record: dict):
-        self.folder = Path(folder)
-        self.record = record
-
-    def __getitem__(self, key: str):
-        return self.record[key]
+    RECORD = RECORD
+    COMMAND = "compare"
 
     @property
     def first_divergence(self) -> str | None:
@@ -85,10 +81,6 @@ class CompareResult:
     @property
     def unpaired(self) -> list[dict]:
         return self.record["unpaired"]
-
-    @property
-    def index(self) -> Path:
-        return self.folder / "index.html"
 
     def layer(self, name: str) -> dict:
         for entry in self.layers:
@@ -135,13 +127,10 @@ class CompareResult:
         titles = "".join(f"<th>{html.escape(row['column'])}</th>" for row in shown)
         pictures = []
         for entry in ranked[:_VIEW_PICTURES]:
-            path = self.folder / entry.get("png", "")
-            if entry.get("png") and path.is_file():
-                data = base64.b64encode(path.read_bytes()).decode("ascii")
-                pictures.append(f'<img src="data:image/png;base64,{data}" style="max-width:100%" '
-                                f'alt="{html.escape(entry["name"])}">')
-        link = f'<p><a href="{html.escape(self.index.as_posix())}" target="_blank">open the page</a></p>' \
-            if self.index.is_file() else ""
+            if entry.get("png"):
+                path = self.folder / entry["png"]
+                pictures.append(self._embedded(path, "image/png", entry["name"], "max-width:100%"))
+        link = self._page_link()
         return (
             f"<div><p><b>{html.escape(Path(record['a']['model']).name)}</b> vs "
             f"<b>{html.escape(Path(record['b']['model']).name)}</b>: {verdict}. "

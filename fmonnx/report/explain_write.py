@@ -1,7 +1,7 @@
 """Write an explanation's files: pictures, arrays, ``explain.json`` and the page.
 
 ``write_explanation`` takes the plain data of ``stages/explained.py`` and writes, under a staging folder
-(the caller commits it atomically with ``write.staged_output(out, record=EXPLAIN_JSON)``: explain.json's
+(the caller commits it atomically with ``output_folder.staged_output(out, record=EXPLAIN_JSON)``: explain.json's
 ``files`` and ``fmonnx_version`` (from the header) tell it an earlier explanation may be replaced), per image
 (in a sub-folder per image when there are several, named as render names them)::
 
@@ -13,7 +13,7 @@
     mask.png, choices/<nn>_mask.png a segmentation target's mask (white inside)
     arrays/input.npy, arrays/<stem>_raw.npy, arrays/<stem>_cam.npy   with save_arrays
 
-``<stem>`` is ``write.file_stem(layer index, layer name)``. Every layer's top channels are written
+``<stem>`` is ``png.file_stem(layer index, layer name)``. Every layer's top channels are written
 (not only the chosen layer's), so the page can rank the channels of whichever layer is clicked.
 """
 
@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from ..stages.explained import ExplainedLayer, ImageExplanation
+from ..stages.json_out import json_pieces
 from ..stages.overlay import channel_picture, draw_boxes, heat_overlay
-from ..stages.write import file_stem, json_pieces
+from ..stages.png import file_stem
 from .explain_page import write_explain_page
 
 __all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_json_text", "json_data", "target_record"]
@@ -59,7 +60,7 @@ def json_data(value):
 
 def explain_json_text(record: dict) -> str:
     """The text of explain.json: ``record`` (already plain, so strict JSON) as every fmonnx JSON file is
-    laid out (``write.json_pieces``: its top-level ``files`` on one line, which ``staged_output`` reads
+    laid out (``json_out.json_pieces``: its top-level ``files`` on one line, which ``staged_output`` reads
     to know what an earlier output holds before replacing it)."""
     return "".join(json_pieces(record, indent=1)) + "\n"
 

@@ -37,9 +37,10 @@ from PIL import Image
 
 from ..errors import FmonnxError
 from ..stages.colormap import DEFAULT_CMAP, lookup_table
+from ..stages.json_out import json_pieces
 from ..stages.normalize import ChannelStats
+from ..stages.png import encode_png
 from ..stages.tile import MAX_SIDE, tile
-from ..stages.write import encode_png, json_pieces
 from .template import INDEX
 
 __all__ = [

@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..contract import check_schema
 from ..errors import FmonnxError
+from .folder_result import FolderResult
 
 __all__ = ["RenderResult"]
 
@@ -32,7 +31,7 @@ _THUMB_SIDE = 128  # pixels a side of each layer's thumbnail in the notebook vie
 _THUMB_IMAGES = 4  # images shown side by side per layer in the notebook view
 
 
-class RenderResult:
+class RenderResult(FolderResult):
     """A finished render: ``manifest`` (the manifest.json dict) and ``folder`` (where it was written).
 
     ``result["images"]`` reads the manifest too, so code written for the dict keeps working.
@@ -40,36 +39,28 @@ class RenderResult:
     layer's ``channels``, kept from the render) serves the summary views meanwhile.
     """
 
+    RECORD = "manifest.json"
+    COMMAND = "render"
+
     def __init__(self, folder: str | Path, outline: dict):
-        self._manifest: dict | None = None
-        self.folder = Path(folder)
+        super().__init__(folder)  # render keeps no per-channel numbers: the manifest is read when asked for
         self._outline: dict | None = outline
 
     @property
     def manifest(self) -> dict:
         """What manifest.json holds (read from the folder on first use)."""
-        if self._manifest is None:
-            path = self.folder / "manifest.json"
-            try:
-                manifest = json.loads(path.read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise FmonnxError(
-                    f"cannot read {path} ({exc.strerror or exc}); the render's folder was moved or deleted: "
-                    "render again"
-                ) from None
-            check_schema(manifest, path)
-            self._manifest = manifest
-            self._outline = None
-        return self._manifest
+        return self.record
+
+    def _read_record(self) -> dict:
+        manifest = super()._read_record()
+        self._outline = None  # the manifest serves the summaries from now on
+        return manifest
 
     @property
     def outline(self) -> dict:
         """The manifest without the per-channel columns (each layer's ``channels``): model, images,
         layers with their summaries, files; kept from the render, so reading it costs nothing."""
         return self._outline if self._outline is not None else self.manifest
-
-    def __getitem__(self, key: str):
-        return self.manifest[key]
 
     def __repr__(self) -> str:
         outline = self.outline
@@ -82,7 +73,7 @@ class RenderResult:
     @property
     def index(self) -> Path | None:
         """The report page, when it was written."""
-        page = self.folder / "index.html"
+        page = super().index
         return page if "index.html" in self.outline.get("files", []) else None
 
     def layers(self, image: int = 0) -> list[dict]:
@@ -169,7 +160,7 @@ class RenderResult:
     def _thumbnail(self, entry: dict) -> str:
         from PIL import Image
 
-        from ..stages.write import TITLE_HEIGHT
+        from ..stages.png import TITLE_HEIGHT
 
         try:
             with Image.open(self.folder / entry["png"]) as picture:

@@ -8,12 +8,12 @@ each layer's dead channels and the crops of its first channels, and a link to in
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
 from ..errors import FmonnxError
-from ..stages.write import json_pieces
+from ..stages.json_out import json_pieces
+from .folder_result import FolderResult
 
 __all__ = ["RECORD", "ScanResult", "record_json", "TABLE_COLUMNS"]
 
@@ -28,23 +28,15 @@ def record_json(record: dict) -> str:
     return "".join(json_pieces(record, indent=1)) + "\n"
 
 
-class ScanResult:
+class ScanResult(FolderResult):
     """A finished scan: ``record`` (scan.json's dict) and ``folder`` (where it was written)."""
 
-    def __init__(self, folder: str | Path, record: dict):
-        self.folder = Path(folder)
-        self.record = record
-
-    def __getitem__(self, key: str):
-        return self.record[key]
+    RECORD = RECORD
+    COMMAND = "scan"
 
     @property
     def layers(self) -> list[dict]:
         return self.record["layers"]
-
-    @property
-    def index(self) -> Path:
-        return self.folder / "index.html"
 
     def layer(self, name: str | int) -> dict:
         """One layer's entry, by name or position."""
@@ -87,19 +79,16 @@ class ScanResult:
             )
         pictures = []
         for entry in self.layers[:_VIEW_LAYERS]:
-            path = self.folder / entry["crops"]
-            if path.is_file():
-                data = base64.b64encode(path.read_bytes()).decode("ascii")
+            picture = self._embedded(self.folder / entry["crops"], "image/jpeg", entry["name"])
+            if picture:
                 grid = entry["crops_grid"]
                 shown = min(_VIEW_CHANNELS, grid["rows"])
                 pictures.append(
                     f"<p>{html.escape(entry['name'])}: top {record['top']} per channel, channels 0 to {shown - 1}</p>"
                     f"<div style=\"height:{grid['step'] * shown + grid['padding']}px;width:{grid['group_step']}px;"
-                    f"overflow:hidden\"><img src=\"data:image/jpeg;base64,{data}\" "
-                    f"alt=\"{html.escape(entry['name'])}\"></div>"
+                    f"overflow:hidden\">{picture}</div>"
                 )
-        link = f'<p><a href="{html.escape(self.index.as_posix())}" target="_blank">open the page</a></p>' \
-            if self.index.is_file() else ""
+        link = self._page_link()
         return (
             f"<div><p><b>{html.escape(Path(record['model']).name)}</b>: {record['images']} images scanned, "
             f"{len(record['skipped'])} skipped, top {record['top']} per channel.</p>"

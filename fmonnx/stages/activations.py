@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +18,20 @@ import numpy as np
 from ..options import RenderOptions
 from .layout import Layout
 from .names import NamedTensor
-from .passes import available_bytes
+from .pieces import available_bytes
 from .plan import ModelPlan
 from .preprocess import DEFAULT_PRESET, expand_image_paths, read_input
 from .run import run_session
 from .runner import Runner
 
-__all__ = ["LayerActivation", "ImageActivations", "compute_activations", "run_images", "image_memory"]
+__all__ = [
+    "LayerActivation",
+    "ImageActivations",
+    "compute_activations",
+    "run_images",
+    "image_memory",
+    "consume_layers",
+]
 
 
 @dataclass
@@ -45,6 +52,17 @@ class ImageActivations:
     seconds: dict = field(default_factory=dict)
     passes: dict | None = None  # how the image was split into passes, when it was
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # run_images' ``extra`` tensors, as they came
+
+
+def consume_layers(layers: Iterable[LayerActivation]) -> Iterator[LayerActivation]:
+    """Yield each layer, dropping the list's reference to it, so its array is freed once used
+    (drawn, compared); an iterator (a run in passes) is passed through."""
+    if isinstance(layers, list):
+        layers.reverse()
+        while layers:
+            yield layers.pop()
+    else:
+        yield from layers
 
 
 def _shape_problem(named: NamedTensor, actual: tuple[int, ...]) -> str | None:
@@ -100,7 +118,7 @@ def compute_activations(
     """Run every image through the exposed model; yields one ImageActivations per image.
 
     When an image's tensors would not fit the memory bound (``max_memory``) it is
-    run in passes (see passes.py): its ``layers`` is then an iterator, in graph
+    run in passes (see pieces.py): its ``layers`` is then an iterator, in graph
     order, that runs each pass as it is consumed. ``runner.provider`` says what ran.
     """
     options = options or RenderOptions()

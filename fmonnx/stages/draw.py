@@ -1,6 +1,6 @@
 """Draw activations: (C, H, W) float32 -> titled palette picture of tiled channels, and the overview.
 
-Pure: arrays in, arrays out; writing is write.py's job.
+Pure: arrays in, arrays out; writing is png.py's job.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import numpy as np
 from ..options import RenderOptions
 from .colormap import BACKGROUND, to_palette_indices
 from .normalize import ChannelStats, channel_stats, normalize
+from .png import titled
 from .tile import Grid, plan_grid, tile
-from .write import (
-    titled,
-)
 
 __all__ = ["draw_layer", "draw_overview", "OVERVIEW_CHANNELS"]
 

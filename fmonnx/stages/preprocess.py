@@ -93,7 +93,7 @@ class InputSpec:
                 )
         static = [dim for dim in self.shape if isinstance(dim, int) and dim > 0]
         needed = int(np.prod(static, dtype=np.float64)) * _ITEM_BYTES.get(self.elem_type, 4)
-        from .passes import available_bytes  # not at import: passes imports onnx's helpers
+        from .pieces import available_bytes  # not at import: pieces imports onnx's helpers
 
         available = available_bytes()
         if available is not None and needed > available:

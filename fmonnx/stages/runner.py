@@ -24,7 +24,8 @@ from ..errors import ImageError
 from .expose import exposed_suffix
 from .layout import chw_shape
 from .normalize import CHUNK_VALUES
-from .passes import (
+from .picture_pool import default_jobs
+from .pieces import (
     INTERPRETER_MEMORY,
     MIB,
     Piece,
@@ -40,7 +41,6 @@ from .passes import (
 from .run import create_session
 from .shapes import TensorType, infer_types
 from .tile import plan_grid
-from .write import default_jobs
 
 if TYPE_CHECKING:
     from ..options import RenderOptions

@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["LayerTally", "LayerDelta", "ScanTally", "ScanDelta", "layer_delta", "NO_IMAGE"]
+__all__ = ["ChannelNumbers", "LayerTally", "LayerDelta", "ScanTally", "ScanDelta", "layer_delta", "NO_IMAGE"]
 
 
 NO_IMAGE = np.iinfo(np.int64).max  # an empty top-k slot sorts after every image
 
 
 @dataclass
-class LayerTally:
-    """One layer's per-channel state (see the module docstring); arrays of C rows."""
+class ChannelNumbers:
+    """A layer's per-channel numbers (see the module docstring): moments and extremes (arrays of C),
+    top-k lists (C, k) and the map's size; what a LayerTally holds and a LayerDelta adds to one."""
 
     count: np.ndarray
     mean: np.ndarray
@@ -50,6 +51,11 @@ class LayerTally:
     top_x: np.ndarray
     height: int = 0  # the map's size, once seen
     width: int = 0
+
+
+@dataclass
+class LayerTally(ChannelNumbers):
+    """One layer's per-channel state (see the module docstring); arrays of C rows."""
 
     @classmethod
     def empty(cls, channels: int, k: int) -> LayerTally:
@@ -97,6 +103,15 @@ class LayerTally:
         self.top_y[rows] = np.take_along_axis(ys, order, 1)
         self.top_x[rows] = np.take_along_axis(xs, order, 1)
 
+    def _add(self, numbers: ChannelNumbers) -> None:
+        """Fold in ``numbers`` (a batch's delta or another state: the same sums either way)."""
+        self._combine_moments(numbers.count, numbers.mean, numbers.m2)
+        self.minimum = np.minimum(self.minimum, numbers.minimum)
+        self.maximum = np.maximum(self.maximum, numbers.maximum)
+        self.zeros = self.zeros + numbers.zeros
+        self.fires = self.fires + numbers.fires
+        self._combine_top(numbers.top_value, numbers.top_image, numbers.top_y, numbers.top_x)
+
     def update(self, ids: np.ndarray, stats: dict[str, np.ndarray], height: int, width: int) -> None:
         """Add one batch: ``ids`` (N,) image ids; ``stats``: reduce.STATISTICS -> (N, C) arrays of a map of
         ``height`` x ``width``."""
@@ -105,12 +120,7 @@ class LayerTally:
     def apply(self, delta: LayerDelta) -> None:
         """Add a batch's numbers (``layer_delta``), or what another state sent (``filtered``)."""
         self.height, self.width = delta.height, delta.width
-        self._combine_moments(delta.count, delta.mean, delta.m2)
-        self.minimum = np.minimum(self.minimum, delta.minimum)
-        self.maximum = np.maximum(self.maximum, delta.maximum)
-        self.zeros = self.zeros + delta.zeros
-        self.fires = self.fires + delta.fires
-        self._combine_top(delta.top_value, delta.top_image, delta.top_y, delta.top_x)
+        self._add(delta)
 
     def filtered(self, delta: LayerDelta) -> LayerDelta:
         """Apply ``delta`` here and return it with only the top-k candidates that entered this state's
@@ -139,13 +149,8 @@ class LayerTally:
 
     def merge(self, other: LayerTally) -> None:
         """Add ``other`` (the same layer, disjoint images) into this one."""
-        self._combine_moments(other.count, other.mean, other.m2)
-        self.minimum = np.minimum(self.minimum, other.minimum)
-        self.maximum = np.maximum(self.maximum, other.maximum)
-        self.zeros = self.zeros + other.zeros
-        self.fires = self.fires + other.fires
         self.height, self.width = self.height or other.height, self.width or other.width
-        self._combine_top(other.top_value, other.top_image, other.top_y, other.top_x)
+        self._add(other)
 
     @property
     def std(self) -> np.ndarray:
@@ -161,23 +166,9 @@ class LayerTally:
 
 
 @dataclass
-class LayerDelta:
+class LayerDelta(ChannelNumbers):
     """One batch's numbers for a layer, ready to be applied to a LayerTally: its moments and extremes
     (arrays of C) and top-k candidates (C, m)."""
-
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    minimum: np.ndarray
-    maximum: np.ndarray
-    zeros: np.ndarray
-    fires: np.ndarray
-    top_value: np.ndarray
-    top_image: np.ndarray
-    top_y: np.ndarray
-    top_x: np.ndarray
-    height: int
-    width: int
 
 
 def layer_delta(ids: np.ndarray, stats: dict[str, np.ndarray], height: int, width: int) -> LayerDelta:
@@ -207,7 +198,8 @@ class ScanDelta:
     skipped: dict[int, str]
 
 
-_ARRAYS = ("count", "mean", "m2", "minimum", "maximum", "zeros", "fires", "top_value", "top_image", "top_y", "top_x")
+# what a checkpoint stores per layer: every per-channel array (the map's size goes in the meta)
+_ARRAYS = tuple(item.name for item in fields(ChannelNumbers) if item.name not in ("height", "width"))
 
 
 @dataclass

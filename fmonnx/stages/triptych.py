@@ -1,7 +1,7 @@
 """Draw a compared layer: its worst channels as A | B | |A - B|, one row per channel.
 
 Pure: (C, H, W) float32 arrays in, one palette-index picture out (written by
-``write.encode_png`` with ``PALETTE``). A and B share one scale per channel,
+``png.encode_png`` with ``PALETTE``). A and B share one scale per channel,
 A's own min..max (B's values past it saturate), so a difference of level shows;
 ``|A - B|`` is drawn with a sequential colormap from 0 (black) to A's range
 for that channel: the reference's scale, so a layer that agrees looks dark.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .colormap import BACKGROUND, INK, lookup_table
-from .write import titled
+from .png import titled
 
 __all__ = ["VALUE_CMAP", "DIFFERENCE_CMAP", "PALETTE", "draw_triptych"]
 

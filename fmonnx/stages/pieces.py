@@ -1,4 +1,4 @@
-"""Render in passes when all exposed tensors at once would not fit a memory bound.
+"""Run in pieces ("passes" in the manifest) when all exposed tensors at once would not fit a memory bound.
 
 One run keeps every exposed tensor alive until it ends: a ResNet-50's
 Conv/Relu/MaxPool tensors hold 84 MB at 224 x 224 but 8.4 GB at 2048 x 2048.

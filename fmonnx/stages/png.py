@@ -1,0 +1,150 @@
+"""Palette PNGs (and the ``.npy`` arrays) that fmonnx writes, with their file names and title bars.
+
+Pictures are palette PNGs encoded here rather than by Pillow: each row is
+filtered "Up" when it repeats the row above (upscaled small maps) and "Sub"
+otherwise, then deflated with zlib's run-length strategy. That is ~1.7x faster
+than Pillow's level-1 encoder on a ResNet-50's maps and the files are smaller.
+With the ``isal`` package (Intel ISA-L, a dependency) its deflate is
+used instead: 3.7x faster again, files of the same size.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import threading
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .colormap import BACKGROUND, INK, palette
+
+__all__ = [
+    "write_picture",
+    "encode_png",
+    "deflate_backend",
+    "write_array",
+    "file_stem",
+    "titled",
+    "TITLE_HEIGHT",
+]
+
+
+TITLE_HEIGHT = 20
+_PNG_COMPRESS_LEVEL = 1  # zlib's run-length strategy gains nothing from higher levels
+try:
+    from isal import isal_zlib as _isal  # a dependency; zlib stays the fallback where no wheel exists
+except ImportError:
+    _isal = None
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_FILTER_SUB, _FILTER_UP = 1, 2
+
+
+def file_stem(index: int, name: str) -> str:
+    """A file-system-safe, order-preserving stem for the layer ``name``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "layer"
+    return f"{index:03d}_{safe[:80]}"
+
+
+@lru_cache(maxsize=4)
+def _font(size: int = 13):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+_TEXT_LOCK = threading.Lock()  # one FreeType face is shared by the writer threads
+
+
+@lru_cache(maxsize=1024)
+def _title_bar(title: str, min_width: int) -> np.ndarray:
+    # every image of a render repeats the same titles; drawing text is the slow part
+    with _TEXT_LOCK:
+        font = _font()
+        width = max(min_width, int(font.getlength(title)) + 8)
+        bar = Image.new("P", (width, TITLE_HEIGHT), BACKGROUND)
+        ImageDraw.Draw(bar).text((4, 3), title, fill=INK, font=font)
+    result = np.asarray(bar, dtype=np.uint8).copy()
+    result.flags.writeable = False
+    return result
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+    """Put a title bar (BACKGROUND, INK text) above a palette-index picture."""
+    bar = _title_bar(title, picture.shape[1])
+    width = bar.shape[1]
+    result = np.empty((picture.shape[0] + TITLE_HEIGHT, width), dtype=np.uint8)
+    result[:TITLE_HEIGHT] = bar
+    result[TITLE_HEIGHT:, : picture.shape[1]] = picture
+    result[TITLE_HEIGHT:, picture.shape[1] :] = BACKGROUND
+    return result
+
+
+def _chunk(kind: bytes, data: bytes) -> list[bytes]:
+    # parts, not one bytes: the image data is copied once, when the whole file is joined
+    return [struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))]
+
+
+def _text_chunk(key: str, text: str) -> list[bytes]:
+    try:
+        return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:  # PNG tEXt is Latin-1; iTXt carries UTF-8
+        return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def _filtered_rows(indices: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (H, 1 + W) PNG scanlines: a filter byte, then the filtered row.
+
+    A row equal to the one above becomes "Up" (all zeros); any other row "Sub"
+    (each byte minus its left neighbour), which zeroes the runs of an upscaled map.
+    """
+    height, width = indices.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = _FILTER_SUB
+    if width:
+        rows[:, 1] = indices[:, 0]
+        np.subtract(indices[:, 1:], indices[:, :-1], out=rows[:, 2:])
+    if height > 1:
+        repeated = np.flatnonzero((indices[1:] == indices[:-1]).all(axis=1)) + 1
+        rows[repeated, 0] = _FILTER_UP
+        rows[repeated, 1:] = 0
+    return rows
+
+
+def _deflate(rows: np.ndarray) -> bytes:
+    """zlib-format deflate of PNG scanlines; both libraries release the GIL while they work."""
+    if _isal is not None:
+        return _isal.compress(rows, 1)
+    compressor = zlib.compressobj(_PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return compressor.compress(rows) + compressor.flush()
+
+
+def deflate_backend() -> str:
+    """Which deflate encodes the PNGs: ``isal`` or ``zlib``."""
+    return "isal" if _isal is not None else "zlib"
+
+
+def encode_png(indices: np.ndarray, palette_bytes: bytes, title: str | None = None) -> bytes:
+    """A 2-D uint8 array of palette indices -> the bytes of an 8-bit palette PNG."""
+    height, width = indices.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)  # 8 bits, palette, deflate, adaptive, none
+    data = _deflate(_filtered_rows(indices))
+    parts = [_PNG_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"PLTE", palette_bytes)]
+    if title:
+        parts += _text_chunk("Title", title)
+    parts += [*_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
+def write_picture(path: Path, indices: np.ndarray, cmap: str, title: str | None = None) -> None:
+    """Write a 2-D array of palette indices as a palette PNG (the colormap as its palette)."""
+    Path(path).write_bytes(encode_png(indices, palette(cmap), title))
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    np.save(path, np.ascontiguousarray(array))
+
