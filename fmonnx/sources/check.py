@@ -20,7 +20,10 @@ import numpy as np
 
 from fmonnx.errors import ConversionError
 
-__all__ = ["LayerError", "CheckReport", "CheckFailedError", "compare", "DEFAULT_RTOL", "DEFAULT_ATOL", "CHECK_SEED"]
+__all__ = [
+    "LayerError", "CheckReport", "CheckFailedError", "compare", "onnx_tensors", "DEFAULT_RTOL", "DEFAULT_ATOL",
+    "CHECK_SEED",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +165,23 @@ def compare(
         passed = bool(np.isfinite(abs_error)) and abs_error <= atol + rtol * scale
         layers.append(LayerError(name, tensors.get(name, name), tuple(want.shape), abs_error, rel_error, scale, passed))
     return CheckReport(rtol, atol, seed, list(input_shapes or []), layers)
+
+
+def onnx_tensors(onnx_model, input_names: list[str], inputs: list[np.ndarray], wanted: list[str],
+                 label: str) -> dict[str, np.ndarray]:
+    """``{tensor: value}`` for ``wanted`` from onnxruntime running the converted ``onnx_model`` on ``inputs``
+    (the TensorFlow converters' check). A converter may have renamed the inputs: then they are fed in order."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = list(input_names)
+        if sorted(names) != sorted(i.name for i in session.get_inputs()):
+            names = [i.name for i in session.get_inputs()]  # tf2onnx renamed them: rely on their order
+        return dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the user needs the reason
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"onnxruntime could not run the ONNX model converted from {label}: {first}; "
+            "the model would not render either (--no-check would not help): try another --opset"
+        ) from exc

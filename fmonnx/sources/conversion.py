@@ -9,6 +9,7 @@ came from (``framework`` and what the source adds: ``file``, ``module``, ``loade
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Protocol, runtime_checkable
 
 import onnx
 
+from ..contract import LAYERS_KEY, SOURCE_KEY
+from ..errors import ConversionError
 from .write import write_model
 
-__all__ = ["Conversion", "ConvertedModel"]
+__all__ = ["Conversion", "ConvertedModel", "stamp"]
 
 
 @runtime_checkable
@@ -46,3 +49,21 @@ class ConvertedModel:
     def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
         """Write the ONNX model to ``path`` (atomically; an existing file only with ``force``)."""
         return write_model(self.model, path, force=force)
+
+
+def stamp(model: onnx.ModelProto, layers: list[dict], source: dict, name: str, label: str) -> None:
+    """Write the metadata contract into a converted ``model`` (its ``fmonnx.layers`` and ``fmonnx.source``,
+    replacing earlier ones), name its graph, and validate it with onnx's checker (ConversionError)."""
+    props = {LAYERS_KEY: layers, SOURCE_KEY: source}
+    kept = [prop for prop in model.metadata_props if prop.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    model.graph.name = name
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(
+            f"the ONNX model converted from {label} is invalid: {str(exc).splitlines()[0]}; try another --opset"
+        ) from exc

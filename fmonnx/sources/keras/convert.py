@@ -39,20 +39,19 @@ report and the result, after the report is complete; nothing is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import onnx
 
 from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, MissingDependencyError, ModelError
-from fmonnx.sources.check import CheckFailedError, CheckReport, compare
+from fmonnx.sources.check import CheckFailedError, CheckReport, compare, onnx_tensors
+from fmonnx.sources.conversion import stamp
 from fmonnx.sources.keras.check import random_inputs
 from fmonnx.sources.keras.file import choose_loader, is_keras_file, lambda_layers, read_keras_file
 from fmonnx.sources.keras.freeze import freeze
@@ -263,14 +262,7 @@ def _convert(model, keras, loader, keras_version, file_name, *, opset, check, rt
         "loader_version": keras.__version__,
         "converter": f"tf2onnx {tf2onnx.__version__}",
     }
-    _set_metadata(onnx_model, {METADATA_LAYERS: layers, METADATA_SOURCE: source})
-    onnx_model.graph.name = model.name
-    try:
-        onnx.checker.check_model(onnx_model)
-    except onnx.checker.ValidationError as exc:
-        raise ConversionError(
-            f"the ONNX model converted from {label} is invalid: {str(exc).splitlines()[0]}; try another --opset"
-        ) from exc
+    stamp(onnx_model, layers, source, model.name, label)
     result = ConversionResult(onnx_model, loader, keras_version, layers, None, 0.0)
     if check:
         result.check = _check(
@@ -340,16 +332,7 @@ def _map_layers(tf, converted, trace, spatial, layouts, output_names, label):
     return onnx_model, layers, graph_outputs
 
 
-def _set_metadata(model: onnx.ModelProto, props: dict[str, Any]) -> None:
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
-
-
 def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_names, rtol, atol, label) -> CheckReport:
-    import onnxruntime
 
     inputs = random_inputs([(tuple(s.shape), s.dtype.as_numpy_dtype) for s in signature], CHECK_SEED)
     try:
@@ -371,18 +354,8 @@ def _check(tf, keras, model, leaf_list, signature, onnx_model, layers, output_na
         else:
             logger.warning("layer %s made no output when Keras ran it; it is not checked", entry["layer"])
     wanted = sorted(set(tensors.values()))
-    try:
-        session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-        names = [spec.name for spec in signature]
-        if sorted(names) != sorted(i.name for i in session.get_inputs()):
-            names = [i.name for i in session.get_inputs()]  # tf2onnx renamed them: rely on their order
-        actual_by_tensor = dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the user needs the reason
-        raise ConversionError(
-            f"onnxruntime could not run the ONNX model converted from {label}: {_first_line(exc)}; "
-            "the model would not render either (--no-check would not help): try another --opset"
-        ) from exc
-    actual = {name: actual_by_tensor[tensor] for name, tensor in tensors.items()}
+    by_tensor = onnx_tensors(onnx_model, [spec.name for spec in signature], inputs, wanted, label)
+    actual = {name: by_tensor[tensor] for name, tensor in tensors.items()}
     report = compare(
         expected, actual, tensors, rtol=rtol, atol=atol, seed=CHECK_SEED, input_shapes=[a.shape for a in inputs]
     )

@@ -42,7 +42,6 @@ raises CheckFailedError after the report is complete; nothing is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -51,9 +50,9 @@ from pathlib import Path
 
 import onnx
 
-from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, ModelError
 from fmonnx.sources.check import DEFAULT_ATOL, DEFAULT_RTOL, CheckFailedError, CheckReport
+from fmonnx.sources.conversion import stamp
 from fmonnx.sources.pytorch.check import check_conversion, random_input
 from fmonnx.sources.pytorch.export import export_onnx, first_line, quiet
 from fmonnx.sources.pytorch.load import import_torch
@@ -235,19 +234,7 @@ def _convert(torch, module, classes, example, label, file_name, opset, check, rt
         "spatial": "dynamic" if exported.dynamic else "fixed",
         "opset": exported.opset,
     }
-    props = {LAYERS_KEY: layers, SOURCE_KEY: source}
-    kept = [p for p in onnx_model.metadata_props if p.key not in props]
-    del onnx_model.metadata_props[:]
-    onnx_model.metadata_props.extend(kept)
-    for key, value in props.items():
-        onnx_model.metadata_props.add(key=key, value=json.dumps(value))
-    onnx_model.graph.name = label
-    try:
-        onnx.checker.check_model(onnx_model)
-    except onnx.checker.ValidationError as exc:
-        raise ConversionError(
-            f"the ONNX model exported from {label} is invalid: {str(exc).splitlines()[0]}; try another --opset"
-        ) from exc
+    stamp(onnx_model, layers, source, label, label)
     result = TorchConversion(onnx_model, layers, source, None, exported.dynamic, 0.0, tuple(example.shape))
     if check:
         result.check = check_conversion(

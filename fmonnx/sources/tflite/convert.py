@@ -52,12 +52,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from fmonnx.contract import LAYERS_KEY, SOURCE_KEY
 from fmonnx.errors import ConversionError, ModelError
-from fmonnx.sources.check import CHECK_SEED, DEFAULT_ATOL, DEFAULT_RTOL, CheckFailedError, CheckReport, compare
-from fmonnx.sources.conversion import ConvertedModel
+from fmonnx.sources.check import (
+    CHECK_SEED,
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    CheckFailedError,
+    CheckReport,
+    compare,
+    onnx_tensors,
+)
+from fmonnx.sources.conversion import ConvertedModel, stamp
 from fmonnx.sources.keras.check import random_inputs
-from fmonnx.sources.keras.convert import DEFAULT_OPSET, _check_opset, _first_line, _import_tf2onnx, _set_metadata
+from fmonnx.sources.keras.convert import DEFAULT_OPSET, _check_opset, _first_line, _import_tf2onnx
 from fmonnx.sources.keras.load import import_tensorflow, native_lines_to_log
 from fmonnx.sources.tflite.file import is_tflite_file
 from fmonnx.sources.tflite.verify import verify_tflite
@@ -141,14 +148,7 @@ def convert_tflite(
         "tensorflow_version": tf.__version__,
         "converter": f"tf2onnx {tf2onnx.__version__}",
     }
-    _set_metadata(onnx_model, {LAYERS_KEY: layers, SOURCE_KEY: source})
-    onnx_model.graph.name = path.stem
-    try:
-        onnx.checker.check_model(onnx_model)
-    except onnx.checker.ValidationError as exc:
-        raise ConversionError(
-            f"the ONNX model converted from {label} is invalid: {str(exc).splitlines()[0]}; try another --opset"
-        ) from exc
+    stamp(onnx_model, layers, source, path.stem, label)
     details = {"opset": opset, "hybrid_ops": hybrid}
     if hybrid and default_rtol:
         rtol = details["check_rtol"] = QUANTIZED_RTOL
@@ -254,7 +254,6 @@ def _layers(onnx_model: onnx.ModelProto, maps: list[FeatureMap], label: str) -> 
 
 
 def _check(interpreter, onnx_model, layers, output_names, rtol, atol, label) -> CheckReport:
-    import onnxruntime
 
     specs = interpreter.get_input_details()
     inputs = random_inputs([(tuple(s["shape"]), s["dtype"]) for s in specs], CHECK_SEED)
@@ -273,17 +272,7 @@ def _check(interpreter, onnx_model, layers, output_names, rtol, atol, label) -> 
     tensors = {f"output:{n}": n for n in output_names}
     tensors.update({e["layer"]: e["output"] for e in layers})
     wanted = sorted(set(tensors.values()))
-    try:
-        session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-        names = [s["name"] for s in specs]
-        if sorted(names) != sorted(i.name for i in session.get_inputs()):
-            names = [i.name for i in session.get_inputs()]  # tf2onnx renamed them: rely on their order
-        by_tensor = dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the user needs the reason
-        raise ConversionError(
-            f"onnxruntime could not run the ONNX model converted from {label}: {_first_line(exc)}; "
-            "the model would not render either (--no-check would not help): try another --opset"
-        ) from exc
+    by_tensor = onnx_tensors(onnx_model, [s["name"] for s in specs], inputs, wanted, label)
     actual = {name: by_tensor[tensor] for name, tensor in tensors.items()}
     report = compare(
         expected, actual, tensors, rtol=rtol, atol=atol, seed=CHECK_SEED, input_shapes=[a.shape for a in inputs]
