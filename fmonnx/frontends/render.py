@@ -34,7 +34,7 @@ from ..stages.normalize import ChannelStats, channel_stats, normalize
 from ..stages.output_folder import staged_output
 from ..stages.picture_pool import PictureWriter
 from ..stages.plan import ModelPlan, demo_paths
-from ..stages.png import file_stem, write_array, write_picture
+from ..stages.png import file_stem, image_folders, write_array, write_picture
 from ..stages.preprocess import expand_image_paths
 from ..stages.runner import Runner
 from ..stages.select import check_selection, describe_selection, select_channels
@@ -45,18 +45,6 @@ from .models import plan_for
 __all__ = ["render"]
 
 log = logging.getLogger(__name__)
-
-def _image_folders(paths: list[Path]) -> list[str]:
-    if len(paths) == 1:
-        return [""]
-    folders, seen = [], set()
-    for index, path in enumerate(paths):
-        stem = file_stem(index, path.stem)
-        folders.append(stem if stem not in seen else f"{stem}_{index}")
-        seen.add(folders[-1])
-    return folders
-
-
 
 def render(
     model_path: str | os.PathLike | None = None,
@@ -83,7 +71,7 @@ def render(
     lookup_table(options.cmap)  # an unknown colormap fails before any work
     plan, runner = _planned(model_path, options)
     planned = time.perf_counter()
-    folders = _image_folders(image_paths)
+    folders = image_folders(image_paths)
     weigh = _ClassWeights(model_path, options) if options.class_weights else None
     files: list[str] = []
     entries = []

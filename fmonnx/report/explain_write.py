@@ -29,7 +29,7 @@ from PIL import Image
 from ..stages.explained import ExplainedLayer, ImageExplanation
 from ..stages.json_out import json_pieces
 from ..stages.overlay import channel_picture, draw_boxes, heat_overlay
-from ..stages.png import file_stem
+from ..stages.png import file_stem, image_folders
 from .explain_page import write_explain_page
 
 __all__ = ["EXPLAIN_JSON", "MAX_INDEX_ENTRIES", "write_explanation", "explain_json_text", "json_data", "target_record"]
@@ -213,18 +213,6 @@ def _image(explained: ImageExplanation, files: _Files, save_arrays: bool, top: i
     return record
 
 
-def _image_folders(paths: list[Path]) -> list[str]:
-    """As render: no sub-folder for one image, else ``file_stem(index, image stem)`` (made unique)."""
-    if len(paths) == 1:
-        return [""]
-    folders, seen = [], set()
-    for index, path in enumerate(paths):
-        stem = file_stem(index, Path(path).stem)
-        folders.append(stem if stem not in seen else f"{stem}_{index}")
-        seen.add(folders[-1])
-    return folders
-
-
 def write_explanation(
     root: Path,
     images: Iterable[ImageExplanation],
@@ -248,7 +236,7 @@ def write_explanation(
         paths = [Path(explained.image) for explained in images]
     written: list[str] = []
     records = []
-    for folder, explained in zip(_image_folders(paths), images):
+    for folder, explained in zip(image_folders(paths), images):
         files = _Files(root, folder)
         records.append(_image(explained, files, save_arrays, top_channels))
         written.extend(files.written)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 from onnx import helper
 
@@ -237,11 +236,3 @@ def build_forward_graph(model: onnx.ModelProto, output: str, layers: list[str],
     unreached = frozenset(set(layers) - score_depends_on(model, scored, layers))
     return ExplainGraph(suffix.SerializeToString(), output, scored, before_softmax, "", {}, unreached,
                         types.get(scored), False, seeded=False)
-
-
-def seed_zeros(graph: ExplainGraph, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """The feed of a run whose score is the in-graph top-1 (or nothing, before a target is known)."""
-    feed = {SEED: np.zeros(shape, np.float32)}
-    if graph.top1:
-        feed[USE_TOP1] = np.asarray(1.0, np.float32)
-    return feed

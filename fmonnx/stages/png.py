@@ -28,6 +28,7 @@ __all__ = [
     "deflate_backend",
     "write_array",
     "file_stem",
+    "image_folders",
     "titled",
     "TITLE_HEIGHT",
 ]
@@ -47,6 +48,19 @@ def file_stem(index: int, name: str) -> str:
     """A file-system-safe, order-preserving stem for the layer ``name``."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "layer"
     return f"{index:03d}_{safe[:80]}"
+
+
+def image_folders(paths) -> list[str]:
+    """One sub-folder per image, named ``file_stem(index, image stem)`` (made unique); no sub-folder
+    for a single image."""
+    if len(paths) == 1:
+        return [""]
+    folders, seen = [], set()
+    for index, path in enumerate(paths):
+        stem = file_stem(index, Path(path).stem)
+        folders.append(stem if stem not in seen else f"{stem}_{index}")
+        seen.add(folders[-1])
+    return folders
 
 
 @lru_cache(maxsize=4)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 from ...errors import GradientError
-from .arithmetic import sum_to_shape
 from .registry import RuleContext, rule
 
 __all__: list[str] = []
@@ -55,7 +54,7 @@ def prelu(ctx: RuleContext, grads: list) -> dict:
     if ctx.needs(0):
         result[0] = _pass_where(ctx, positive, g, _mul(ctx, g, slope))
     if ctx.needs(1):
-        result[1] = sum_to_shape(ctx, _pass_where(ctx, positive, ctx.emit.scalar(0.0), _mul(ctx, g, x)), slope,
+        result[1] = ctx.emit.sum_to_shape(_pass_where(ctx, positive, ctx.emit.scalar(0.0), _mul(ctx, g, x)), slope,
                                  ctx.output(0))
     return result
 
@@ -69,11 +68,11 @@ def clip(ctx: RuleContext, grads: list) -> dict:
     if low:
         inside = emit.op("GreaterOrEqual", [x, low])
         if ctx.needs(1):
-            result[1] = sum_to_shape(ctx, _pass_where(ctx, inside, emit.scalar(0.0), g), low, ctx.output(0))
+            result[1] = ctx.emit.sum_to_shape(_pass_where(ctx, inside, emit.scalar(0.0), g), low, ctx.output(0))
     if high:
         below = emit.op("LessOrEqual", [x, high])
         if ctx.needs(2):
-            result[2] = sum_to_shape(ctx, _pass_where(ctx, below, emit.scalar(0.0), g), high, ctx.output(0))
+            result[2] = ctx.emit.sum_to_shape(_pass_where(ctx, below, emit.scalar(0.0), g), high, ctx.output(0))
         inside = below if inside is None else emit.op("And", [inside, below])
     if ctx.needs(0):
         result[0] = g if inside is None else _pass_where(ctx, inside, g)
@@ -221,9 +220,9 @@ def pow_(ctx: RuleContext, grads: list) -> dict:
     if ctx.needs(0):
         exponent = _as_float(ctx, p)
         power = emit.op("Pow", [x, emit.op("Sub", [exponent, emit.scalar(1.0)])])
-        result[0] = sum_to_shape(ctx, _mul(ctx, g, exponent, power), x, y)
+        result[0] = ctx.emit.sum_to_shape(_mul(ctx, g, exponent, power), x, y)
     if ctx.needs(1):
-        result[1] = sum_to_shape(ctx, _mul(ctx, g, y, emit.op("Log", [x])), p, y)
+        result[1] = ctx.emit.sum_to_shape(_mul(ctx, g, y, emit.op("Log", [x])), p, y)
     return result
 
 

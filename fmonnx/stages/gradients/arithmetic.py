@@ -9,11 +9,6 @@ from .registry import RuleContext, rule
 __all__: list[str] = []
 
 
-def sum_to_shape(ctx: RuleContext, gradient: str, operand: str, output: str) -> str:
-    """``gradient`` (shaped like ``output``) summed down to ``operand``'s shape (``Emitter.sum_to_shape``)."""
-    return ctx.emit.sum_to_shape(gradient, operand, output)
-
-
 def _static_shape(ctx: RuleContext, tensor: str):
     tensor_type = ctx.type_of(tensor)
     shape = None if tensor_type is None else tensor_type.shape
@@ -25,7 +20,7 @@ def _unbroadcast(ctx: RuleContext, gradient: str, operand: str) -> str:
     shape = _static_shape(ctx, operand)
     if shape is not None and shape == _static_shape(ctx, ctx.output(0)):
         return gradient
-    return sum_to_shape(ctx, gradient, operand, ctx.output(0))
+    return ctx.emit.sum_to_shape(gradient, operand, ctx.output(0))
 
 
 @rule("Add", "Sum")
