@@ -35,7 +35,9 @@ class RenderOptions:
     threads: int | None = None  # onnxruntime's intra-op threads (its default: the physical cores)
     jobs: int | None = None  # PNG encoding threads (the cores, at most 4)
     class_weights: bool = False  # also each layer's Grad-CAM weights for the top class (a backward pass per image)
-
+    # statistics, normalization and palette computed by onnxruntime in the model's graph (stages/ingraph.py);
+    # False draws with numpy, the reference path (and what passes and non-finite maps always use)
+    draw_in_graph: bool = True
 
 
 def check_choices(options: RenderOptions) -> None:

@@ -22,12 +22,12 @@ from .. import __version__
 from ..contract import SCHEMA
 from ..errors import FmonnxError
 from ..options import RenderOptions, check_choices
-from ..report.page import data_file, write_layer_data, write_photo, write_report
+from ..report.page import data_file, write_layer_data, write_layer_levels, write_photo, write_report
 from ..report.result import RenderResult
 from ..sources.inputs import as_model_path
 from ..stages.activations import ImageActivations, LayerActivation, consume_layers, run_images
 from ..stages.colormap import lookup_table, to_palette_indices
-from ..stages.draw import OVERVIEW_CHANNELS, draw_layer, draw_overview
+from ..stages.draw import OVERVIEW_CHANNELS, draw_indices, draw_layer, draw_overview
 from ..stages.json_out import write_manifest
 from ..stages.layout import Layout
 from ..stages.normalize import ChannelStats, channel_stats, normalize
@@ -81,7 +81,10 @@ def render(
             # image i is drawn on the writer's threads while image i + 1 runs through the model
             pending = None
             # in passes, what a pass gave is drawn before the next runs (writer.drain)
-            for folder, result in zip(folders, run_images(plan, image_paths, options, runner, writer.drain)):
+            # statistics, pictures and levels computed in the graph
+            draw = (options.normalization, options.report) if options.draw_in_graph else None
+            images = run_images(plan, image_paths, options, runner, writer.drain, draw=draw)
+            for folder, result in zip(folders, images):
                 if options.report:
                     size = result.preprocess.get("resize")
                     photos.append(writer.submit(0, write_photo, staging, len(photos), result.image, size))
@@ -185,7 +188,7 @@ def _start_image(
     target.mkdir(exist_ok=True)
     job = _ImageJob(result, folder, target, f"{folder}/" if folder else "", time.perf_counter(), spill, [])
     for index, layer in enumerate(consume_layers(result.layers)):
-        job.layers.append(writer.submit(layer.values.nbytes, _write_layer, staging, job, index, layer, options))
+        job.layers.append(writer.submit(layer.nbytes, _write_layer, staging, job, index, layer, options))
         del layer  # the task holds the array now; it is freed once drawn
     return job
 
@@ -197,13 +200,17 @@ def _write_layer(
     folder, target, prefix = job.folder, job.target, job.prefix
     files: list[str] = []
     named = layer.named
-    count = layer.values.shape[0]
-    stats = channel_stats(layer.values)
+    count = layer.shape[0]
+    drawn = layer.drawn
+    stats = drawn.stats if drawn is not None else channel_stats(layer.values)
     shown = select_channels(stats, options.max_channels, options.top)
-    title = f"{named.name}  [{named.candidate.op}]  {'x'.join(map(str, layer.values.shape))}"
+    title = f"{named.name}  [{named.candidate.op}]  {'x'.join(map(str, layer.shape))}"
     if shown is not None:
         title += f"  ({'top' if options.top else 'first'} {shown.size} of {count} channels)"
-    picture, grid, stats = draw_layer(layer.values, options, title, stats, shown)
+    if drawn is not None:
+        picture, grid = draw_indices(drawn.indices, options, title, shown)
+    else:
+        picture, grid, stats = draw_layer(layer.values, options, title, stats, shown)
     grid_record = grid.describe()
     del grid  # its untitled picture: only the titled one is written
     stem = file_stem(index, named.name)
@@ -216,7 +223,7 @@ def _write_layer(
         "op": named.candidate.op,
         "source_layer": named.source_layer,
         "named_by": named.named_by,
-        "shape": list(layer.values.shape),
+        "shape": list(layer.shape),
         "channel_axis": layer.layout.channel_axis,
         "layout_certain": layer.layout.certain,
         "dead_channels": int(stats.dead.sum()),
@@ -236,14 +243,21 @@ def _write_layer(
     if named.also_output_of:
         entry["also_output_of"] = list(named.also_output_of)
     if options.report:
-        entry["report_data"] = write_layer_data(staging, data_file(folder, stem), layer.values, stats)
+        file = data_file(folder, stem)
+        if drawn is not None and drawn.levels is not None:
+            entry["report_data"] = write_layer_levels(staging, file, drawn.levels)
+        else:
+            entry["report_data"] = write_layer_data(staging, file, layer.values, stats)
         files.append(entry["report_data"]["file"])
     if options.save_arrays:
         write_array(target / f"{stem}.npy", layer.values)
         files.append(f"{prefix}{stem}.npy")
         entry["array"] = f"{prefix}{stem}.npy"
     first = shown[:OVERVIEW_CHANNELS] if shown is not None else slice(0, OVERVIEW_CHANNELS)
-    overview = (named.name, count, to_palette_indices(normalize(layer.values, options.normalization, stats, first)))
+    if drawn is not None:
+        overview = (named.name, count, drawn.indices[first])
+    else:
+        overview = (named.name, count, to_palette_indices(normalize(layer.values, options.normalization, stats, first)))
     return entry, files, overview, stats
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "data_file",
     "write_data_script",
     "write_layer_data",
+    "write_layer_levels",
+    "levels_atlas",
     "read_layer_data",
     "page_data",
     "write_photo",
@@ -117,10 +119,15 @@ def layer_atlas(values: np.ndarray, stats: ChannelStats) -> tuple[np.ndarray, di
     Geometry: ``{"encoding", "channels", "columns", "rows", "tile": [h, w], "scale"}``; ``scale`` < 1
     when the atlas would pass MAX_SIDE pixels a side and every (1/scale)-th value is kept.
     """
-    grid = tile(quantize(values, stats), "grid", padding=0, pad_value=0, min_tile=0, max_side=MAX_SIDE)
+    return levels_atlas(quantize(values, stats))
+
+
+def levels_atlas(levels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``layer_atlas`` of levels already quantized (in the graph, see stages/ingraph.py)."""
+    grid = tile(levels, "grid", padding=0, pad_value=0, min_tile=0, max_side=MAX_SIDE)
     geometry = {
         "encoding": ENCODING,
-        "channels": int(values.shape[0]),
+        "channels": int(levels.shape[0]),
         "columns": grid.columns,
         "rows": grid.rows,
         "tile": [grid.tile_height, grid.tile_width],
@@ -150,7 +157,12 @@ def write_data_script(root: Path, file: str, atlas: np.ndarray) -> None:
 def write_layer_data(root: Path, file: str, values: np.ndarray, stats: ChannelStats) -> dict:
     """Write one layer's data script under ``root`` (render calls it on a writer thread);
     returns its geometry (``layer_atlas``'s, with ``file``)."""
-    atlas, geometry = layer_atlas(values, stats)
+    return write_layer_levels(root, file, quantize(values, stats))
+
+
+def write_layer_levels(root: Path, file: str, levels: np.ndarray) -> dict:
+    """``write_layer_data`` of levels already quantized."""
+    atlas, geometry = levels_atlas(levels)
     write_data_script(root, file, atlas)
     return {"file": file, **geometry}
 

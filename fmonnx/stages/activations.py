@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..options import RenderOptions
+from .ingraph import finite_stats, stats_columns
 from .layout import Layout
 from .names import NamedTensor
+from .normalize import ChannelStats
 from .pieces import available_bytes
 from .plan import ModelPlan
 from .preprocess import DEFAULT_PRESET, expand_image_paths, read_input
 from .run import run_session
-from .runner import Runner
+from .runner import Drawing, Runner
 
 __all__ = [
     "LayerActivation",
@@ -31,15 +33,39 @@ __all__ = [
     "run_images",
     "image_memory",
     "consume_layers",
+    "DrawnMaps",
 ]
+
+
+@dataclass(frozen=True)
+class DrawnMaps:
+    """A layer drawn in the graph (ingraph.py): its statistics, palette indices and page levels."""
+
+    stats: ChannelStats
+    indices: np.ndarray  # (C, H, W) uint8: to_palette_indices(normalize(values, method, stats))
+    levels: np.ndarray | None  # (C, H, W) uint8: report.page.quantize(values, stats), with the page only
+
+    @property
+    def nbytes(self) -> int:
+        return self.indices.nbytes + (self.levels.nbytes if self.levels is not None else 0)
 
 
 @dataclass
 class LayerActivation:
     named: NamedTensor
-    values: np.ndarray  # (C, H, W) float32, channels first
+    values: np.ndarray | None  # (C, H, W) float32, channels first; None when drawn in the graph without them
     raw_shape: tuple[int, ...]
     layout: Layout
+    drawn: DrawnMaps | None = None  # when drawn in the graph
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(C, H, W)."""
+        return self.values.shape if self.values is not None else self.drawn.indices.shape
+
+    @property
+    def nbytes(self) -> int:
+        return (self.values.nbytes if self.values is not None else 0) + (self.drawn.nbytes if self.drawn else 0)
 
 
 @dataclass
@@ -82,20 +108,44 @@ def _to_chw(raw: np.ndarray, layout: Layout) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(single, layout.channel_axis - 1, 0), dtype=np.float32)
 
 
-def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[str]) -> LayerActivation | None:
-    """Check one returned tensor against the plan; its (C, H, W) activation, or None when it cannot be drawn."""
-    problem = _shape_problem(named, raw.shape)
+def _drawable(named: NamedTensor, shape: tuple[int, ...], problems: list[str]) -> bool:
+    """Check one returned tensor's shape against the plan: False (said in ``problems``) when it cannot be drawn."""
+    problem = _shape_problem(named, shape)
     if problem:
         problems.append(problem)
-    if raw.ndim != 4:
-        problems.append(f"{named.name}: output has shape {list(raw.shape)}, not 4-D; not drawn")
-        return None
-    if raw.shape[0] != 1:  # shape inference could not prove it before the run (plan.set_aside)
-        problems.append(f"{named.name}: output has shape {list(raw.shape)}; first axis {raw.shape[0]} is not the "
+    if len(shape) != 4:
+        problems.append(f"{named.name}: output has shape {list(shape)}, not 4-D; not drawn")
+        return False
+    if shape[0] != 1:  # shape inference could not prove it before the run (plan.set_aside)
+        problems.append(f"{named.name}: output has shape {list(shape)}; first axis {shape[0]} is not the "
                         "image batch: window or head batches are not feature maps; not drawn")
+        return False
+    return True
+
+
+def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[str]) -> LayerActivation | None:
+    """Check one returned tensor against the plan; its (C, H, W) activation, or None when it cannot be drawn."""
+    if not _drawable(named, raw.shape, problems):
         return None
     layout = plan.layout_of(named.candidate.tensor)  # an unproven one is said once, in plan.notes
     return LayerActivation(named, _to_chw(raw, layout), tuple(raw.shape), layout)
+
+
+def _drawn_layer(plan: ModelPlan, named: NamedTensor, drawing: Drawing, outputs: dict, floats: bool,
+                 problems: list[str]) -> LayerActivation | None:
+    """One layer drawn in the graph, checked as ``_layer`` checks a float one."""
+    drawn = drawing.outputs[named.candidate.tensor]
+    indices = outputs.pop(drawn.indices)
+    raw_shape = [0] * indices.ndim
+    for position, axis in enumerate(drawn.perm[: indices.ndim]):
+        raw_shape[axis] = indices.shape[position]
+    if not _drawable(named, tuple(raw_shape), problems):
+        return None
+    layout = plan.layout_of(named.candidate.tensor)
+    stats = ChannelStats(**stats_columns(outputs.pop(drawn.stats)), nonfinite=0)
+    levels = outputs.pop(drawn.levels)[0] if drawn.levels else None
+    values = _to_chw(outputs.pop(named.candidate.tensor), layout) if floats else None
+    return LayerActivation(named, values, tuple(raw_shape), layout, DrawnMaps(stats, indices[0], levels))
 
 
 def _passed_layers(
@@ -135,10 +185,16 @@ def image_memory(max_memory: int | None) -> int | None:
 
 def run_images(
     plan: ModelPlan, paths: list[Path], options: RenderOptions, runner: Runner, before_pass=None,
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), draw: tuple[str, bool] | None = None,
 ) -> Iterator[ImageActivations]:
     """One ImageActivations per path (see compute_activations). ``extra``: more tensors (the model's
-    final outputs, say) fetched in the same run into ``outputs``; not fetched when run in passes."""
+    final outputs, say) fetched in the same run into ``outputs``; not fetched when run in passes.
+
+    With ``draw`` (normalization method, page levels wanted) an image run in one go comes back drawn in
+    the graph (Runner.drawing): each layer's ``drawn`` is set and its float ``values`` only with
+    ``options.save_arrays``. An image with a non-finite value in a layer is run again for its float
+    maps (numpy draws those, counting the values); a model too old for the drawing nodes is not drawn.
+    """
     preset = options.preprocess or ("raw" if plan.input.elem_type in (2, 3) else DEFAULT_PRESET)
     names = [named.candidate.tensor for named in plan.tensors]
     channels = plan.input.shape[plan.input_layout.channel_axis]
@@ -157,9 +213,14 @@ def run_images(
         if passes is not None:
             pieces, types, result.passes = passes
             result.layers = _passed_layers(plan, runner, pieces, types, result, prepared, before_pass)
+        elif (drawing := runner.drawing(*draw) if draw else None) and _run_drawn(
+            plan, drawing, options, tensor, extra, result
+        ):
+            result.seconds["inference"] = time.perf_counter() - prepared
         else:
             wanted = [name for name in extra if name not in names]
-            outputs = run_session(runner.session(), {plan.input.name: tensor}, names + wanted)
+            session = drawing.session if drawing is not None else runner.session()
+            outputs = run_session(session, {plan.input.name: tensor}, names + wanted)
             result.outputs = {name: outputs[name] for name in extra}
             result.seconds["inference"] = time.perf_counter() - prepared
             for named in plan.tensors:
@@ -167,3 +228,22 @@ def run_images(
                 if layer is not None:
                     result.layers.append(layer)
         yield result
+
+
+def _run_drawn(plan: ModelPlan, drawing: Drawing, options: RenderOptions, tensor: np.ndarray,
+               extra: tuple[str, ...], result: ImageActivations) -> bool:
+    """Run one image through the drawing session into ``result``; False (nothing kept) when a layer held
+    a non-finite value, for the float path to draw."""
+    floats = [named.candidate.tensor for named in plan.tensors] if options.save_arrays else []
+    drawn = [drawing.outputs[named.candidate.tensor] for named in plan.tensors]
+    names = [name for outputs in drawn for name in (outputs.stats, outputs.indices, outputs.levels) if name]
+    wanted = [name for name in extra if name not in floats]
+    outputs = run_session(drawing.session, {plan.input.name: tensor}, names + floats + wanted)
+    if not all(finite_stats(outputs[item.stats]) for item in drawn):
+        return False
+    result.outputs = {name: outputs[name] for name in extra}
+    for named in plan.tensors:
+        layer = _drawn_layer(plan, named, drawing, outputs, bool(floats), result.problems)
+        if layer is not None:
+            result.layers.append(layer)
+    return True

@@ -11,9 +11,9 @@ from ..options import RenderOptions
 from .colormap import BACKGROUND, to_palette_indices
 from .normalize import ChannelStats, channel_stats, normalize
 from .png import titled
-from .tile import Grid, plan_grid, tile
+from .tile import Grid, GridPlan, plan_grid, tile
 
-__all__ = ["draw_layer", "draw_overview", "OVERVIEW_CHANNELS"]
+__all__ = ["draw_layer", "draw_indices", "draw_overview", "OVERVIEW_CHANNELS"]
 
 
 def draw_layer(
@@ -29,14 +29,33 @@ def draw_layer(
     """
     options = options or RenderOptions()
     stats = stats if stats is not None else channel_stats(values)
-    count = values.shape[0] if shown is None else len(shown)
-    plan = plan_grid(count, values.shape[1], values.shape[2], options.layout, padding=1)
+    plan = _plan(values.shape, options, shown)
     # a picture too big to show whole keeps every step-th value: sample before normalizing, not after
     indices = to_palette_indices(normalize(plan.sample(values), options.normalization, stats, shown))
-    grid = tile(indices, options.layout, padding=1, pad_value=BACKGROUND, plan=plan)
-    del indices
-    picture = titled(grid.image, title) if title else grid.image
+    picture, grid = _tiled(indices, options, title, plan)
     return picture, grid, stats
+
+
+def draw_indices(
+    indices: np.ndarray, options: RenderOptions | None = None, title: str | None = None,
+    shown: np.ndarray | None = None,
+) -> tuple[np.ndarray, Grid]:
+    """(C, H, W) palette indices (drawn in the graph, ingraph.py) -> the picture ``draw_layer`` makes of
+    the same layer, and its grid geometry."""
+    options = options or RenderOptions()
+    plan = _plan(indices.shape, options, shown)
+    sampled = plan.sample(indices)
+    return _tiled(sampled[shown] if shown is not None else sampled, options, title, plan)
+
+
+def _plan(shape: tuple[int, ...], options: RenderOptions, shown: np.ndarray | None) -> GridPlan:
+    count = shape[0] if shown is None else len(shown)
+    return plan_grid(count, shape[1], shape[2], options.layout, padding=1)
+
+
+def _tiled(indices: np.ndarray, options: RenderOptions, title: str | None, plan: GridPlan) -> tuple[np.ndarray, Grid]:
+    grid = tile(indices, options.layout, padding=1, pad_value=BACKGROUND, plan=plan)
+    return (titled(grid.image, title) if title else grid.image), grid
 
 
 OVERVIEW_CHANNELS = 16

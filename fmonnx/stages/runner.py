@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ import onnx
 
 from ..errors import ImageError
 from .expose import exposed_suffix
+from .ingraph import DrawnOutputs, Shown, drawing_suffix
 from .layout import chw_shape
 from .normalize import CHUNK_VALUES
 from .picture_pool import default_jobs
@@ -46,9 +48,17 @@ if TYPE_CHECKING:
     from ..options import RenderOptions
     from .plan import ModelPlan
 
-__all__ = ["open_session", "Runner", "one_run_memory"]
+__all__ = ["open_session", "Runner", "Drawing", "one_run_memory"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A session of the model with every shown tensor's drawing nodes (ingraph.py), and their outputs."""
+
+    session: object
+    outputs: dict[str, DrawnOutputs]  # shown tensor -> its drawing outputs
 
 
 def open_session(plan: ModelPlan, options: RenderOptions | None = None):
@@ -108,6 +118,35 @@ class Runner:
         self._pieces: dict[tuple, tuple[list[Piece], dict, dict] | None] = {}
         self._folder: tempfile.TemporaryDirectory | None = None  # the pieces' model files, made for passes only
         self._files: dict[tuple, list[Path]] = {}  # input shape -> the pieces' files
+        self._drawing: tuple[tuple, Drawing | None] | None = None  # (method, page) -> the last drawing session
+
+    def drawing(self, method: str, page: bool) -> Drawing | None:
+        """The session that draws in the graph (ingraph.py) by ``method``, with the page's levels when
+        ``page``; its float maps are outputs too, fetched only when asked for. None when the model's
+        opset is too old for the drawing nodes: draw with numpy then. The last one is kept."""
+        key = (method, page)
+        if self._drawing is not None and self._drawing[0] == key:
+            return self._drawing[1]
+        self._drawing = None  # the old session goes before the new one is opened
+        loaded = self.plan.loaded
+        shown = [
+            Shown(named.candidate.tensor, named.candidate.type.elem_type,
+                  self.plan.layout_of(named.candidate.tensor).channel_axis)
+            for named in self.plan.tensors
+        ]
+        built = drawing_suffix(loaded.model, shown, method, page)
+        drawing = None
+        if built is not None:
+            suffix, outputs = built
+            session = create_session(
+                loaded.path, self.options.provider, loaded.path.parent, loaded.external_data, self.options.threads,
+                append=exposed_suffix(loaded.model, [named.candidate for named in self.plan.tensors]) + suffix,
+                optimization=self.options.optimization,
+            )
+            self.provider = self.provider or session.get_providers()[0]
+            drawing = Drawing(session, outputs)
+        self._drawing = (key, drawing)
+        return drawing
 
     def session(self):
         if self._session is None:
