@@ -6,7 +6,9 @@ ResNet-50 (224 x 224, random weights), the median of several runs of:
 
 - plain onnxruntime inference of the unmodified model (default session options);
 - the exposed model's run (every Conv/Relu/MaxPool tensor an output);
-- normalize + tile (statistics, uint8 mapping, palette, grid, title) of all layers;
+- the run that draws in the graph (statistics, palette indices and the page's levels as outputs,
+  stages/ingraph.py), what a render runs;
+- the numpy path's normalize + tile (statistics, uint8 mapping, palette, grid, title) of all layers;
 - encode + write of all layer PNGs, on one thread and on the render's threads;
 - ``fmonnx.render`` in-process: with the model read again each time, and warm
   (a later call in the same process, which keeps the last model's session);
@@ -18,7 +20,10 @@ cold ``fmonnx --help`` and ``fmonnx layers``, onnxruntime's session options on
 the exposed ResNet-50, the throughput on a folder of copies of the photo, and
 a fully convolutional ResNet-50 fed 2048 x 2048 (rendered in passes: peak RSS
 against its bound). ``--quick`` skips the 2048 x 2048 render and uses fewer
-runs; ``--provider cuda`` runs every figure on the GPU (onnxruntime-gpu).
+runs; ``--provider cuda`` runs every figure on the GPU (onnxruntime-gpu). Last, the targets of
+the ResNet-50 (warm render <= 3x plain inference, <= 5x with the page; cold CLI <= the import of the
+dependencies + 1.5x a warm render; 16 images >= 0.5x plain batched throughput; output folder with the
+page <= 25 MB), each figure from this run.
 """
 
 from __future__ import annotations
@@ -145,6 +150,8 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
     names = [named.candidate.tensor for named in plan.tensors]
     run_session(session, feed, names)
     exposed = median_time(lambda: run_session(session, feed, names), runs)
+    drawn_runs = {page: _drawn_run(runner, options.normalization, page, feed, runs) for page in (False, True)}
+    del runner
 
     def draw_all():
         return [
@@ -198,7 +205,9 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
     used = plain.get_providers()[0]
     table.add("plain onnxruntime inference", plain_time, f"unmodified model, default options, {used}")
     table.add("exposed-model run", exposed, f"{len(names)} extra outputs")
-    table.add("normalize + tile (all layers)", drawn, "stats, uint8, palette, grid, title")
+    table.add("drawn-in-graph run (no page)", drawn_runs[False], "stats + palette indices, uint8 out")
+    table.add("drawn-in-graph run (with page)", drawn_runs[True], "+ the page's min-max levels")
+    table.add("numpy path: normalize + tile (all layers)", drawn, "stats, uint8, palette, grid, title")
     table.add("encode + write (1 thread)", encoded_serial)
     table.add(f"encode + write ({jobs} threads)", encoded_threads)
     table.add("render in-process, model read again (no report)", uncached, "load, plan, session, run, draw, write")
@@ -216,7 +225,64 @@ def bench_model(name: str, model: Path, photo: Path, runs: int, workdir: Path, p
         f"peak RSS {cold_report_peak / MIB:.0f} MB",
     )
     table.print()
-    return {"plain": plain_time, "peak": cold_peak, "bound": bound}
+    return {"plain": plain_time, "peak": cold_peak, "bound": bound, "warm": warm, "warm_report": warm_report,
+            "cold": cold_time, "cold_report": cold_report, "folder_report": _folder_bytes(model, photo, workdir,
+                                                                                          provider)}
+
+
+def _drawn_run(runner, method: str, page: bool, feed: dict, runs: int) -> float:
+    """Median time of the session that draws in the graph (stages/ingraph.py), fetching what render fetches."""
+    from fmonnx.stages.run import run_session
+
+    drawing = runner.drawing(method, page)
+    if drawing is None:  # an opset too old for the drawing nodes: render draws with numpy
+        return float("nan")
+    names = [name for item in drawing.outputs.values() for name in (item.stats, item.indices, item.levels) if name]
+    run_session(drawing.session, feed, names)
+    return median_time(lambda: run_session(drawing.session, feed, names), runs)
+
+
+def _folder_bytes(model: Path, photo: Path, workdir: Path, provider: str) -> int:
+    """Bytes of the output folder of a default render (with the page)."""
+    from fmonnx import RenderOptions, render
+
+    out = workdir / "folder-size"
+    render(model, [photo], out, RenderOptions(provider=provider))
+    return sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+
+
+def import_floor(runs: int) -> float:
+    """Median wall time of a fresh process importing what a render needs (numpy, onnx, onnxruntime, Pillow)."""
+    command = [sys.executable, "-c", "import numpy, onnx, onnxruntime, PIL.Image"]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def batched_throughput(model: Path, photo: Path, batch: int, runs: int, provider: str) -> tuple[float, str]:
+    """Images per second of plain onnxruntime inference of ``model`` at batch ``batch`` (its batch axis
+    made dynamic), or of ``batch`` runs at batch 1 when the model cannot take a batch."""
+    import onnx
+    import onnxruntime as ort
+
+    model_proto = onnx.load(str(model))
+    for value in [*model_proto.graph.input, *model_proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    session = ort.InferenceSession(model_proto.SerializeToString(), providers=_providers(provider))
+    name = session.get_inputs()[0].name
+    shape = [dim if isinstance(dim, int) else batch for dim in session.get_inputs()[0].shape]
+    feed = {name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+    try:
+        session.run(None, feed)
+    except Exception:  # a fixed Reshape inside: one image at a time
+        feed = {name: feed[name][:1]}
+        one = median_time(lambda: session.run(None, feed), runs)
+        return 1 / one, "batch 1 (the model cannot take a batch)"
+    seconds = median_time(lambda: session.run(None, feed), runs)
+    return batch / seconds, f"batch {batch}"
 
 
 _SESSION_PROBE = """
@@ -288,6 +354,7 @@ def bench_throughput(model: Path, photo: Path, count: int, workdir: Path, provid
     for index in range(count):
         shutil.copy(photo, folder / f"photo_{index:02d}{photo.suffix}")
     print(f"\nMany images: {count} copies of the photo, {model.name}")
+    rates = {}
     for report in (False, True):
         out = workdir / "many"
         started = time.perf_counter()
@@ -295,6 +362,7 @@ def bench_throughput(model: Path, photo: Path, count: int, workdir: Path, provid
         seconds = time.perf_counter() - started
         manifest = result.outline  # the manifest less its per-channel numbers, without reading it back
         inference = sum(image["seconds"]["inference"] for image in manifest["images"])
+        rates[report] = count / seconds
         label = f"render in-process, {'with' if report else 'no'} report"
         print(
             f"  {label:<48} {seconds:>7.2f} s  {count / seconds:.2f} images/s "
@@ -306,6 +374,7 @@ def bench_throughput(model: Path, photo: Path, count: int, workdir: Path, provid
         seconds, peak = cold(command, 1)
         label = f"fmonnx render FOLDER, cold CLI ({'no' if flags else 'with'} report)"
         print(f"  {label:<48} {seconds:>7.2f} s  {count / seconds:.2f} images/s, peak RSS {peak / MIB:.0f} MB")
+    return rates
 
 
 def bench_large(photo: Path, size: int, workdir: Path, provider: str) -> None:
@@ -354,13 +423,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fmonnx-bench-") as folder:
         workdir = Path(folder)
         bench_model("tutorial CNN", models.TUTORIAL, photo, runs, workdir, args.provider)
-        bench_model("ResNet-50", resnet, photo, runs, workdir, args.provider)
+        figures = bench_model("ResNet-50", resnet, photo, runs, workdir, args.provider)
         bench_cli(runs)
         if args.provider == "cpu" and sys.platform.startswith("linux"):
             bench_session_options(resnet, runs)
-        bench_throughput(resnet, photo, args.images, workdir, args.provider)
+        rates = bench_throughput(resnet, photo, args.images, workdir, args.provider)
+        batched, how = batched_throughput(resnet, photo, args.images, runs, args.provider)
+        floor = import_floor(max(3, runs // 2))
+        print_targets(figures, rates, batched, how, floor, args.images)
         if not args.quick:
             bench_large(photo, args.large, workdir, args.provider)
+
+
+def print_targets(figures: dict, rates: dict, batched: float, how: str, floor: float, count: int) -> None:
+    """The issue's targets for the ResNet-50, each figure from this run."""
+    plain = figures["plain"]
+    rows = [
+        ("warm render, no page", f"{figures['warm'] / plain:.1f}x plain", "<= 3x", figures["warm"] <= 3 * plain),
+        ("warm render, with the page", f"{figures['warm_report'] / plain:.1f}x plain", "<= 5x",
+         figures["warm_report"] <= 5 * plain),
+        ("cold CLI, no page", f"{figures['cold']:.2f} s = import floor {floor:.2f} s + "
+         f"{(figures['cold'] - floor) / figures['warm']:.1f}x warm", "<= floor + 1.5x warm",
+         figures["cold"] <= floor + 1.5 * figures["warm"]),
+        ("cold CLI, with the page", f"{figures['cold_report']:.2f} s = floor + "
+         f"{(figures['cold_report'] - floor) / figures['warm_report']:.1f}x warm", "<= floor + 1.5x warm",
+         figures["cold_report"] <= floor + 1.5 * figures["warm_report"]),
+        (f"{count} images, with the page", f"{rates[True]:.2f} images/s = {rates[True] / batched:.2f}x plain "
+         f"{how} ({batched:.1f} images/s)", ">= 0.5x", rates[True] >= 0.5 * batched),
+        (f"{count} images, no page", f"{rates[False]:.2f} images/s = {rates[False] / batched:.2f}x", ">= 0.5x",
+         rates[False] >= 0.5 * batched),
+        ("output folder with the page", f"{figures['folder_report'] / MIB:.1f} MB", "<= 25 MB",
+         figures["folder_report"] <= 25 * MIB),
+    ]
+    print("\nTargets (ResNet-50, this run)")
+    for label, value, target, met in rows:
+        print(f"  {label:<30} {value:<60} {target:<22} {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -350,11 +350,11 @@ def test_manifest_json_puts_flat_lists_on_one_line():
 
 def test_spilled_lists_are_written_in_place(tmp_path):
     with Spill(tmp_path) as spill:
-        numbers, flags = spill.put(["[0.5, 1e-05]", "[true, false]"])
+        numbers, flags = spill.put(["[0.5,1e-05]", "[true,false]"])  # compact, as channel_columns writes them
         manifest = {"a": {"mean": numbers, "dead": flags}, "b": [1, 2], "c": "x, y"}
         text = manifest_json(manifest)
         assert json.loads(text) == {"a": {"mean": [0.5, 1e-05], "dead": [True, False]}, "b": [1, 2], "c": "x, y"}
-        assert '"mean": [0.5, 1e-05]' in text
+        assert '"mean": [0.5,1e-05]' in text
         compact = "".join(json_pieces(manifest, indent=None, compact=True))
         assert compact == '{"a":{"mean":[0.5,1e-05],"dead":[true,false]},"b":[1,2],"c":"x, y"}'
     assert not (tmp_path / Spill.NAME).exists()

@@ -1,5 +1,10 @@
 """JSON as fmonnx writes every file: streamed in pieces, each list of plain values on one line,
-infinity as ``1e999``, NaN as ``null``; ``Spilled`` lists read back one at a time."""
+infinity as ``1e999``, NaN as ``null``; ``Spilled`` lists read back one at a time.
+
+Numbers go through orjson: ``number_lists`` writes float arrays as float32's shortest round-trip
+text (``0.46872002``: the float32 value exactly, at most 9 significant digits), 10 times faster
+than rounding to 7 digits with numpy did, and no longer (no space after the commas).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,53 @@ import os
 import re
 from pathlib import Path
 
-from .decimals import nonfinite_json
+import numpy as np
+import orjson
+
 from .spill import Spilled
 
-__all__ = ["write_manifest", "manifest_json", "json_pieces", "json_text", "MANIFEST"]
+__all__ = ["write_manifest", "manifest_json", "json_pieces", "json_text", "number_lists", "nonfinite_json",
+           "INFINITY_JSON", "MANIFEST"]
 
 
 MANIFEST = "manifest.json"
+INFINITY_JSON = "1e999"  # overflows to infinity when read: valid JSON, unlike json.dumps's Infinity
+
+
+def nonfinite_json(value: float) -> str:
+    """The JSON text of a non-finite float: ``1e999``, ``-1e999`` or ``null`` (NaN)."""
+    if value != value:
+        return "null"
+    return INFINITY_JSON if value > 0 else f"-{INFINITY_JSON}"
+
+
+def _exact_json(wide: np.ndarray, narrow: np.ndarray) -> str:
+    """A list whose float32 copy ``narrow`` has non-finite values: those written one by one
+    (``nonfinite_json``, or float64's own text where only the float32 copy overflowed)."""
+    texts = orjson.dumps(narrow, option=orjson.OPT_SERIALIZE_NUMPY).decode()[1:-1].split(",")
+    for index in np.flatnonzero(~np.isfinite(narrow)).tolist():
+        value = float(wide[index])
+        texts[index] = json.dumps(value) if math.isfinite(value) else nonfinite_json(value)
+    return f"[{','.join(texts)}]"
+
+
+def number_lists(arrays) -> list[str]:
+    """Each float array as a compact JSON list of its values in float32 (orjson: float32's shortest
+    text that reads back to the same float32; ``[]`` when empty). Infinity is ``1e999``, NaN ``null``.
+
+    float64 input is rounded to float32 first: 7.2 significant digits, what the statistics of float32
+    activations carry. A value beyond float32's range keeps its float64 text.
+    """
+    arrays = [np.asarray(array).ravel() for array in arrays]
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: found below, it takes the exact path
+        narrow = [array.astype(np.float32, copy=False) for array in arrays]
+    option = orjson.OPT_SERIALIZE_NUMPY
+    if not narrow or np.isfinite(np.concatenate(narrow)).all():  # the common case: orjson alone
+        return [orjson.dumps(values, option=option).decode() for values in narrow]
+    # orjson writes NaN and infinity as null: the lists that have them are fixed up
+    return [orjson.dumps(values, option=option).decode() if np.isfinite(values).all()
+            else _exact_json(array.astype(np.float64), values)
+            for array, values in zip(arrays, narrow)]
 
 
 def _is_flat_list(value) -> bool:
@@ -24,7 +69,7 @@ def _is_flat_list(value) -> bool:
 
 
 def _flat_json(values: list, separators) -> str:
-    """A list of plain values as JSON; non-finite floats as ``decimals.nonfinite_json`` writes them."""
+    """A list of plain values as JSON; non-finite floats as ``nonfinite_json`` writes them."""
     try:
         return json.dumps(values, separators=separators, allow_nan=False)
     except ValueError:  # rare: only then is each value looked at
@@ -39,7 +84,7 @@ def json_pieces(value, indent: int | None = 1, compact: bool = False):
     """The JSON text of ``value``, in pieces to write one after the other (an iterator of str).
 
     Every fmonnx JSON file is written here: infinity as ``1e999`` (``json`` and a browser's
-    ``JSON.parse`` read it back as infinity), NaN as ``null`` (decimals.nonfinite_json).
+    ``JSON.parse`` read it back as infinity), NaN as ``null`` (nonfinite_json).
     ``Spilled`` values are read back one at a time, so the whole text is never in memory.
     With ``indent``, the structure is indented and each list of plain values is on one line:
     a ResNet-50's per-channel lists hold 250,000 numbers, one per line they make 300,000
@@ -84,8 +129,7 @@ def json_pieces(value, indent: int | None = 1, compact: bool = False):
             batch.clear()
             part = parts[int(match.group(1))]
             if isinstance(part, Spilled):
-                # numbers and booleans only: every ", " in it is json.dumps's separator
-                yield part.text().replace(", ", ",") if compact else part.text()
+                yield part.text()  # compact already (number_lists, orjson): fits either layout
             elif isinstance(part, str):
                 yield part
             else:

@@ -63,7 +63,8 @@ class Spill:
 
 @dataclass(frozen=True, slots=True)
 class Spilled:
-    """A JSON array of numbers or booleans kept in a ``Spill``; ``json_pieces`` writes it in place."""
+    """A compact JSON array (no spaces: ``json_out.number_lists``) kept in a ``Spill``; ``json_pieces``
+    writes it in place, in the indented manifest and the compact page alike."""
 
     spill: Spill
     offset: int

@@ -1,8 +1,8 @@
 """Per-channel statistics as plain records, and the per-layer stats table.
 
 ``channel_records`` turns a layer's ChannelStats into columns (one value per
-channel) for the manifest, ``channel_columns`` writes the same columns as JSON
-text (what a render keeps of them until the manifest is written),
+channel) for ``fmonnx stats``, ``channel_columns`` writes the same columns as JSON
+text for the manifest (what a render keeps of them until the manifest is written),
 ``layer_summary`` gives the layer's numbers,
 ``format_table`` lays the rows out for a terminal.
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
 
-from .decimals import json_lists, round_significant
+from .json_out import number_lists
 from .normalize import ChannelStats, flat_spread
 
 __all__ = ["CHANNEL_FIELDS", "channel_records", "channel_columns", "layer_summary", "format_table"]
@@ -26,25 +27,29 @@ CHANNEL_FIELDS = ("mean", "std", "min", "max", "zero_fraction")
 
 
 def channel_records(stats: ChannelStats) -> dict:
-    """``{field: [value per channel]}`` for CHANNEL_FIELDS (7 significant digits), plus ``dead`` (bool per channel:
-    drawn flat, constant or within float32 rounding of it, see ChannelStats)."""
-    records = {name: round_significant(getattr(stats, name)).tolist() for name in CHANNEL_FIELDS}
+    """``{field: [value per channel]}`` for CHANNEL_FIELDS, plus ``dead`` (bool per channel: drawn flat,
+    constant or within float32 rounding of it, see ChannelStats).
+
+    The values are those ``channel_columns`` writes in the manifest (float32's shortest text, read back),
+    so ``fmonnx stats`` and a render's manifest agree to the digit.
+    """
+    columns = number_lists([getattr(stats, name) for name in CHANNEL_FIELDS])
+    records = {name: json.loads(text) for name, text in zip(CHANNEL_FIELDS, columns)}  # json: 1e999 is infinity
     records["dead"] = stats.dead.tolist()
     return records
 
 
 def channel_columns(layers: list[ChannelStats]) -> list[dict[str, str]]:
-    """Each layer's ``channel_records`` with every column as its JSON text (``json.dumps`` of the list).
+    """Each layer's per-channel columns (CHANNEL_FIELDS, then ``dead``), every column as compact JSON text.
 
-    Text is 3 times smaller than a list of Python floats, and numpy writes it (decimals.py): all
-    layers at once, since numpy's cost is per call (a ResNet-50: 0.1 s less than one call a layer).
+    Text is 3 times smaller than a list of Python floats. The numbers are written by orjson in float32's
+    shortest text (json_out.number_lists): exact, and 10 times faster than rounding to 7 digits was.
     """
-    numbers = [getattr(stats, name) for stats in layers for name in CHANNEL_FIELDS]
-    texts = iter(json_lists(np.concatenate(numbers) if numbers else [], [column.size for column in numbers]))
+    numbers = iter(number_lists([getattr(stats, name) for stats in layers for name in CHANNEL_FIELDS]))
     result = []
     for stats in layers:
-        columns = {name: next(texts) for name in CHANNEL_FIELDS}
-        columns["dead"] = json.dumps(stats.dead.tolist())
+        columns = {name: next(numbers) for name in CHANNEL_FIELDS}
+        columns["dead"] = orjson.dumps(stats.dead, option=orjson.OPT_SERIALIZE_NUMPY).decode()
         result.append(columns)
     return result
 
