@@ -237,6 +237,7 @@ def page_data(manifest: dict, pictures: list[str | None]) -> dict:
                 "channels": entry.get("channels"),
                 "data": entry.get("report_data"),
                 "png": entry.get("png"),
+                "display_scale": (entry.get("grid") or {}).get("display_scale", 1),  # how much to magnify small maps
                 "class_weights": entry.get("class_weights"),  # render --class-weights: the page's third order
             }
         images.append(

@@ -50,7 +50,8 @@ def draw_indices(
 
 def _plan(shape: tuple[int, ...], options: RenderOptions, shown: np.ndarray | None) -> GridPlan:
     count = shape[0] if shown is None else len(shown)
-    return plan_grid(count, shape[1], shape[2], options.layout, padding=1)
+    # small maps stay at their stored size: grid.display_scale tells a viewer (the page) how much to magnify
+    return plan_grid(count, shape[1], shape[2], options.layout, padding=1, upscale=False)
 
 
 def _tiled(indices: np.ndarray, options: RenderOptions, title: str | None, plan: GridPlan) -> tuple[np.ndarray, Grid]:

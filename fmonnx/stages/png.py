@@ -1,11 +1,14 @@
 """Palette PNGs (and the ``.npy`` arrays) that fmonnx writes, with their file names and title bars.
 
 Pictures are palette PNGs encoded here rather than by Pillow: each row is
-filtered "Up" when it repeats the row above (upscaled small maps) and "Sub"
-otherwise, then deflated with zlib's run-length strategy. That is ~1.7x faster
-than Pillow's level-1 encoder on a ResNet-50's maps and the files are smaller.
-With the ``isal`` package (Intel ISA-L, a dependency) its deflate is
-used instead: 3.7x faster again, files of the same size.
+filtered "Sub", then deflated by the ``isal`` package (Intel ISA-L, a
+dependency) at level 1. Where isal is missing, zlib's run-length strategy at
+level 1, with a row that repeats the one above filtered "Up" (run-length
+matching cannot see a repeated row; isal's LZ77 does, so there the check is
+skipped). ``benchmarks/png_bench.py`` measured the alternatives on a
+ResNet-50's layer pictures and page atlases: isal level 0 is 1.3x the bytes,
+levels 2-3 no smaller; Paeth or a per-row adaptive filter save 3-5 % of the
+bytes for 3-5x the time; zlib's default strategy at level 6 saves 1 % for 10x.
 """
 
 from __future__ import annotations
@@ -110,11 +113,11 @@ def _text_chunk(key: str, text: str) -> list[bytes]:
         return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
 
 
-def _filtered_rows(indices: np.ndarray) -> np.ndarray:
+def _filtered_rows(indices: np.ndarray, up_rows: bool = True) -> np.ndarray:
     """(H, W) uint8 -> (H, 1 + W) PNG scanlines: a filter byte, then the filtered row.
 
-    A row equal to the one above becomes "Up" (all zeros); any other row "Sub"
-    (each byte minus its left neighbour), which zeroes the runs of an upscaled map.
+    Every row "Sub" (each byte minus its left neighbour), which zeroes the runs of a
+    flat or upscaled map; with ``up_rows`` a row equal to the one above becomes "Up" (all zeros).
     """
     height, width = indices.shape
     rows = np.empty((height, width + 1), dtype=np.uint8)
@@ -122,7 +125,7 @@ def _filtered_rows(indices: np.ndarray) -> np.ndarray:
     if width:
         rows[:, 1] = indices[:, 0]
         np.subtract(indices[:, 1:], indices[:, :-1], out=rows[:, 2:])
-    if height > 1:
+    if up_rows and height > 1:
         repeated = np.flatnonzero((indices[1:] == indices[:-1]).all(axis=1)) + 1
         rows[repeated, 0] = _FILTER_UP
         rows[repeated, 1:] = 0
@@ -146,7 +149,7 @@ def encode_png(indices: np.ndarray, palette_bytes: bytes, title: str | None = No
     """A 2-D uint8 array of palette indices -> the bytes of an 8-bit palette PNG."""
     height, width = indices.shape
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)  # 8 bits, palette, deflate, adaptive, none
-    data = _deflate(_filtered_rows(indices))
+    data = _deflate(_filtered_rows(indices, up_rows=_isal is None))
     parts = [_PNG_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"PLTE", palette_bytes)]
     if title:
         parts += _text_chunk("Title", title)

@@ -240,7 +240,7 @@ class Runner:
             if chw is None or not all(isinstance(dim, int) for dim in chw):
                 continue
             count = min(chw[0], options.top or options.max_channels or chw[0])
-            grid = plan_grid(count, chw[1], chw[2], options.layout, padding=1)
+            grid = plan_grid(count, chw[1], chw[2], options.layout, padding=1, upscale=False)
             tile_height = -(-chw[1] // grid.step) * grid.factor + 1
             tile_width = -(-chw[2] // grid.step) * grid.factor + 1
             pictures.append(grid.rows * tile_height * grid.columns * tile_width)

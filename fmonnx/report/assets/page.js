@@ -13,6 +13,7 @@
   var D = JSON.parse(document.getElementById("fmonnx-data").textContent);
   var LIST_SIDE = 768; // list grids keep at most this many canvas pixels a side (subsampled beyond)
   var DETAIL_SIDE = 2048;
+  var LIST_WIDTH = 480; // list grids are magnified by the largest whole factor that stays within this width
   var PAGE = 256; // channels per page in the large layer view
   var SIDE_BY_SIDE = 6; // images shown next to each other at most
   var TOP = 8; // images listed per channel as the ones exciting it most
@@ -212,6 +213,13 @@
     context.putImageData(picture, 0, 0);
   }
 
+  /* CSS width of a grid: a whole magnification of its canvas, so `pixelated` gives every value the same square.
+   * The list takes at least the layer's display scale; the detail panel (room) the largest whole factor that fits. */
+  function gridWidth(layer, geo, room) {
+    if (room) return room >= geo.width ? geo.width * Math.floor(room / geo.width) : room;
+    return geo.width * Math.max(layer.display_scale || 1, Math.floor(LIST_WIDTH / geo.width));
+  }
+
   /* ---- a drawable grid: frame (keeps its size while empty), canvas, note ---- */
 
   var grids = [], visible = new Set();
@@ -246,8 +254,7 @@
     }
     grid.geo = gridGeometry(layer, channels.length, maxSide, columns);
     frame.style.aspectRatio = grid.geo.width + " / " + grid.geo.height;
-    var width = displayWidth || grid.geo.width * Math.max(1, Math.floor(480 / grid.geo.width));
-    frame.style.width = width + "px";
+    frame.style.width = gridWidth(layer, grid.geo, displayWidth) + "px";
     if (!channels.length) note.textContent = "every channel is dead (hidden)";
     canvas.addEventListener("click", function (event) {
       var c = hit(grid, event);
