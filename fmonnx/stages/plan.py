@@ -7,21 +7,19 @@ finds the tensors to show, names them and proves their channel axes;
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from ..errors import ImageError, ModelError
 from ..options import RenderOptions
 from .expose import DEFAULT_OPS, find_candidates
 from .layout import IMAGE_CHANNELS, Layout, channel_axes, chw_shape, detect_input_layout, maps_of_sequences
-from .load import LoadedModel, load_model
+from .load import LoadedModel, load_graph
 from .metadata import LAYERS_KEY, LayerRecord, read_layer_metadata, read_source_metadata
 from .names import NamedTensor, name_tensors, naming_notes
 from .preprocess import InputSpec
@@ -208,7 +206,7 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     plan's ``source``).
     """
     options = options or RenderOptions()
-    loaded = load_model(model_path)
+    loaded = load_graph(model_path)  # the weights are never read: sessions read them from the file
     types = infer_types(loaded.model)
     spec = _image_input(loaded, types)
     input_layout = detect_input_layout(spec.shape, options.input_layout)
@@ -282,37 +280,10 @@ def plan_model(model_path: str | os.PathLike, options: RenderOptions | None = No
     unproven = [n.name for n in named if not (layouts.get(n.candidate.tensor) or Layout(1, False)).certain]
     notes = (*skipped, *naming_notes(named), *([_set_aside_note(set_aside)] if set_aside else []),
              *([_unproven_note(unproven)] if unproven else []))
-    light = _without_weights(loaded)
-    light.model.graph.node.extend(added)  # the token maps' nodes: expose.exposed_suffix carries them to sessions
+    loaded.model.graph.node.extend(added)  # the token maps' nodes: expose.exposed_suffix carries them to sessions
     return ModelPlan(
-        light, spec, input_layout, named, layouts, source, notes, tuple(set_aside)
+        loaded, spec, input_layout, named, layouts, source, notes, tuple(set_aside)
     )
-
-
-_SMALL_INITIALIZER = 64  # elements; shape inference reads small integer initializers' values
-
-
-def _without_weights(loaded: LoadedModel) -> LoadedModel:
-    """The loaded model with its large initializers reduced to name, type and dims.
-
-    The original message is emptied and dropped (protobuf frees a message's
-    memory only with the message), so it must be the plan's own.
-    """
-    model = loaded.model
-    kept = []
-    for tensor in model.graph.initializer:
-        elements = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-        if elements <= _SMALL_INITIALIZER or tensor.data_location == onnx.TensorProto.EXTERNAL:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(tensor)
-        else:
-            copy = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-        kept.append(copy)
-    model.graph.ClearField("initializer")
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    light.graph.initializer.extend(kept)
-    return dataclasses.replace(loaded, model=light)
 
 
 def _readable(shape) -> list | None:

@@ -13,15 +13,24 @@ not spin, so PNG encoding on other threads gets the cores between runs.
 
 A model is handed to onnxruntime as a file whenever it can be: it keeps a
 second copy of the weights of a model it parsed from bytes (a ResNet-50:
-276 MB resident against 179 MB). The exposed model is the model file with
-the extra outputs appended (see expose.py), copied to a temporary file by the
-system, which also halves the session's opening time.
+276 MB resident against 179 MB). The exposed model (the model file with the
+extra outputs appended, see expose.py) is copied to a temporary file by the
+system and goes to onnxruntime as that file's graph alone, its weights as
+external data at their own offsets in the copy (``load.weights_in_place``):
+onnxruntime maps them from the file instead of parsing them as protobuf. On a
+ResNet-50 that opens the session in 0.07-0.10 s instead of 0.20-0.25 s (2
+cores), holding 90 MB resident instead of 188 MB, with the same outputs bit
+for bit. The copy is private because a file truncated under a mapping kills
+the process (a model exported again to the same path while a session runs).
+A file that cannot be skimmed so, or that onnxruntime refuses so, goes whole
+with the outputs appended, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -32,6 +41,7 @@ import onnx
 
 from .. import choices
 from ..errors import ModelError, ProviderError
+from .load import weights_in_place
 
 __all__ = ["PROVIDERS", "OPTIMIZATIONS", "resolve_providers", "session_options", "create_session", "run_session"]
 
@@ -115,6 +125,30 @@ def _model_source(model: onnx.ModelProto | bytes | os.PathLike, append: bytes, a
         yield str(target)
 
 
+def _session_in_place(model, append: bytes, external: bool, providers: list[str], threads, arena, optimization):
+    """The session of a model file with outputs appended, its weights read in place from a private copy
+    of the file (module docstring); None where that does not apply or onnxruntime refuses it."""
+    import onnxruntime as ort
+
+    if isinstance(model, (onnx.ModelProto, bytes)) or not append or external:
+        return None
+    with tempfile.TemporaryDirectory(prefix="fmonnx-", ignore_cleanup_errors=True) as folder:
+        # onnxruntime maps the weights from the file: a copy nobody rewrites, for a file truncated under a
+        # mapping kills the process (SIGBUS); the mapping outlives the copy's name
+        target = Path(folder) / "model.onnx"
+        shutil.copyfile(model, target)  # a copy in the kernel: the weights never pass through Python
+        graph = weights_in_place(target)
+        if graph is None:
+            return None
+        options = session_options(threads, arena, optimization)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        try:
+            return ort.InferenceSession(graph + append, sess_options=options, providers=providers)
+        except Exception as exc:  # the whole file below says what is wrong, if anything is
+            log.debug("onnxruntime refused the weights in place (%s); loading the whole file", exc)
+            return None
+
+
 def create_session(
     model: onnx.ModelProto | bytes | os.PathLike,
     provider: str = "auto",
@@ -137,15 +171,19 @@ def create_session(
     if external_data and model_dir is not None:
         # the model travels as bytes; its external weights are read in place from its own folder
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+    session = _session_in_place(model, append, bool(external_data), providers, threads, arena, optimization)
     try:
-        with _model_source(model, append, as_bytes=bool(external_data)) as source:
-            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        if session is None:
+            with _model_source(model, append, as_bytes=bool(external_data)) as source:
+                session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except OSError as exc:
         raise ModelError(
             f"cannot prepare the model for onnxruntime ({exc}); check the free space of the temporary folder"
         ) from None
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(model, (str, os.PathLike)):  # onnxruntime names the temporary copy it was given
+            message = re.sub(r"\S*fmonnx-[^/\s]+/model\.onnx", str(model), message)
         raise ModelError(f"onnxruntime cannot load the model: {message}") from None
     used = session.get_providers()
     if provider == "cuda" and _CUDA not in used:
