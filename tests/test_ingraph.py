@@ -189,3 +189,38 @@ def test_names_never_clash_with_the_model():
     assert not any(drawn.indices.startswith("fmonnx_draw/") for drawn in outputs.values())
     session = ort.InferenceSession(model.SerializeToString() + suffix, providers=["CPUExecutionProvider"])
     session.run(None, {"X": _image()})
+
+
+def test_tensors_of_one_size_are_drawn_together_each_as_alone():
+    """conv and relu (same size, channels first) share one set of nodes; each tensor's slice of the
+    shared outputs equals numpy's picture of it, and nhwc (channels last) is drawn on its own."""
+    model = _model(channels=9)
+    shown = [Shown("conv", TensorProto.FLOAT, 1, (1, 9, 12, 10)), Shown("relu", TensorProto.FLOAT, 1, (1, 9, 12, 10)),
+             Shown("nhwc", TensorProto.FLOAT, 3, (1, 12, 10, 9))]
+    suffix, outputs = drawing_suffix(model, shown, "standardize", True)
+    assert outputs["conv"].indices == outputs["relu"].indices != outputs["nhwc"].indices
+    session = ort.InferenceSession(model.SerializeToString() + suffix, providers=["CPUExecutionProvider"])
+    names = sorted({name for drawn in outputs.values() for name in (drawn.stats, drawn.indices, drawn.levels)})
+    values = dict(zip(names + ["conv", "relu", "nhwc"], session.run(names + ["conv", "relu", "nhwc"],
+                                                                      {"X": _image()})))
+    for item in shown:
+        drawn = outputs[item.tensor]
+        maps = _chw(values[item.tensor], item.channel_axis)
+        columns = {field: column[drawn.channels] for field, column in stats_columns(values[drawn.stats]).items()}
+        stats = ChannelStats(**columns, nonfinite=0)
+        np.testing.assert_allclose(stats.mean, channel_stats(maps).mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(values[drawn.indices][0, drawn.channels],
+                                      to_palette_indices(normalize(maps, "standardize", stats)))
+        np.testing.assert_array_equal(values[drawn.levels][0, drawn.channels], quantize(maps, stats))
+
+
+def test_groups_stay_under_their_size_and_layer_draws_alone(monkeypatch):
+    from fmonnx.stages import ingraph
+
+    shown = [Shown(f"t{index}", TensorProto.FLOAT, 1, (1, 4, 8, 8)) for index in range(5)]  # 1 KB each
+    assert [len(group) for group in ingraph._groups(shown, "standardize")] == [5]
+    monkeypatch.setattr(ingraph, "GROUP_BYTES", 2 * 4 * 4 * 8 * 8)
+    assert [len(group) for group in ingraph._groups(shown, "standardize")] == [2, 2, 1]
+    assert [len(group) for group in ingraph._groups(shown, "layer")] == [1] * 5
+    dynamic = [Shown("a", TensorProto.FLOAT, 1, (1, 4, "H", "W")), Shown("b", TensorProto.FLOAT, 1, (1, 4, "H", "W"))]
+    assert [len(group) for group in ingraph._groups(dynamic, "standardize")] == [1, 1]

@@ -7,6 +7,7 @@ convenience behind ``fmonnx.activations``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelError
 from ..options import RenderOptions
 from .ingraph import finite_stats, stats_columns
 from .layout import Layout
@@ -25,6 +27,8 @@ from .plan import ModelPlan
 from .preprocess import DEFAULT_PRESET, expand_image_paths, read_input
 from .run import run_session
 from .runner import Drawing, Runner
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LayerActivation",
@@ -133,19 +137,21 @@ def _layer(plan: ModelPlan, named: NamedTensor, raw: np.ndarray, problems: list[
 
 def _drawn_layer(plan: ModelPlan, named: NamedTensor, drawing: Drawing, outputs: dict, floats: bool,
                  problems: list[str]) -> LayerActivation | None:
-    """One layer drawn in the graph, checked as ``_layer`` checks a float one."""
+    """One layer drawn in the graph (a view of the outputs it shares with the tensors drawn with it),
+    checked as ``_layer`` checks a float one."""
     drawn = drawing.outputs[named.candidate.tensor]
-    indices = outputs.pop(drawn.indices)
+    indices = outputs[drawn.indices][:, drawn.channels]
     raw_shape = [0] * indices.ndim
     for position, axis in enumerate(drawn.perm[: indices.ndim]):
         raw_shape[axis] = indices.shape[position]
     if not _drawable(named, tuple(raw_shape), problems):
         return None
     layout = plan.layout_of(named.candidate.tensor)
-    stats = ChannelStats(**stats_columns(outputs.pop(drawn.stats)), nonfinite=0)
-    levels = outputs.pop(drawn.levels)[0] if drawn.levels else None
+    columns = {field: column[drawn.channels] for field, column in stats_columns(outputs[drawn.stats]).items()}
+    levels = outputs[drawn.levels][0, drawn.channels] if drawn.levels else None
     values = _to_chw(outputs.pop(named.candidate.tensor), layout) if floats else None
-    return LayerActivation(named, values, tuple(raw_shape), layout, DrawnMaps(stats, indices[0], levels))
+    return LayerActivation(named, values, tuple(raw_shape), layout,
+                           DrawnMaps(ChannelStats(**columns, nonfinite=0), indices[0], levels))
 
 
 def _passed_layers(
@@ -213,37 +219,42 @@ def run_images(
         if passes is not None:
             pieces, types, result.passes = passes
             result.layers = _passed_layers(plan, runner, pieces, types, result, prepared, before_pass)
-        elif (drawing := runner.drawing(*draw) if draw else None) and _run_drawn(
-            plan, drawing, options, tensor, extra, result
-        ):
-            result.seconds["inference"] = time.perf_counter() - prepared
-        else:
+            yield result
+            continue
+        drawing = runner.drawing(*draw) if draw else None
+        session = _run_drawn(plan, drawing, options, tensor, extra, result, runner) if drawing else runner.session()
+        if session is not None:  # the float maps, for numpy to draw
             wanted = [name for name in extra if name not in names]
-            session = drawing.session if drawing is not None else runner.session()
             outputs = run_session(session, {plan.input.name: tensor}, names + wanted)
             result.outputs = {name: outputs[name] for name in extra}
-            result.seconds["inference"] = time.perf_counter() - prepared
             for named in plan.tensors:
                 layer = _layer(plan, named, outputs.pop(named.candidate.tensor), result.problems)
                 if layer is not None:
                     result.layers.append(layer)
+        result.seconds["inference"] = time.perf_counter() - prepared
         yield result
 
 
 def _run_drawn(plan: ModelPlan, drawing: Drawing, options: RenderOptions, tensor: np.ndarray,
-               extra: tuple[str, ...], result: ImageActivations) -> bool:
-    """Run one image through the drawing session into ``result``; False (nothing kept) when a layer held
-    a non-finite value, for the float path to draw."""
+               extra: tuple[str, ...], result: ImageActivations, runner: Runner):
+    """Run one image through the drawing session into ``result``: None when drawn, else (nothing kept)
+    the session to fetch its float maps from: the same one when a layer held a non-finite value, the
+    plain exposed model when the drawing nodes failed (an inferred size the run did not keep)."""
     floats = [named.candidate.tensor for named in plan.tensors] if options.save_arrays else []
-    drawn = [drawing.outputs[named.candidate.tensor] for named in plan.tensors]
-    names = [name for outputs in drawn for name in (outputs.stats, outputs.indices, outputs.levels) if name]
+    names = list(dict.fromkeys(name for outputs in drawing.outputs.values()
+                               for name in (outputs.stats, outputs.indices, outputs.levels) if name))
     wanted = [name for name in extra if name not in floats]
-    outputs = run_session(drawing.session, {plan.input.name: tensor}, names + floats + wanted)
-    if not all(finite_stats(outputs[item.stats]) for item in drawn):
-        return False
+    try:
+        outputs = run_session(drawing.session, {plan.input.name: tensor}, names + floats + wanted)
+    except ModelError as exc:
+        log.info("drawing in the graph failed (%s); drawing with numpy", exc)
+        return runner.session()
+    stats = {outputs_.stats for outputs_ in drawing.outputs.values()}
+    if not all(finite_stats(outputs[name]) for name in stats):
+        return drawing.session
     result.outputs = {name: outputs[name] for name in extra}
     for named in plan.tensors:
         layer = _drawn_layer(plan, named, drawing, outputs, bool(floats), result.problems)
         if layer is not None:
             result.layers.append(layer)
-    return True
+    return None

@@ -20,7 +20,7 @@ that image's float maps instead (``finite_stats``). Nothing here depends on H an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -37,15 +37,40 @@ _STATS = ("mean", "std", "min", "max", "zero_fraction")
 # is never within 1/510 of a half, so float32 rounding of v / (255 / 253) cannot change it
 _PALETTE_SCALE = np.float32(255 / (DATA_LEVELS - 1))
 _FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+GROUP_BYTES = 16 << 20  # float bytes of the tensors drawn together at most
 
 
 @dataclass(frozen=True)
 class Shown:
-    """A tensor to draw: its name, element type and channel axis (1..3 of N, ., ., .)."""
+    """A tensor to draw: its name, element type, channel axis (1..3 of N, ., ., .) and inferred shape
+    (ints where known, None when the rank is)."""
 
     tensor: str
     elem_type: int
     channel_axis: int
+    shape: tuple | None = None
+
+    @property
+    def static(self) -> bool:
+        return self.shape is not None and len(self.shape) == 4 and all(isinstance(dim, int) for dim in self.shape) \
+            and self.shape[0] == 1
+
+    @property
+    def channels(self) -> int | None:
+        return self.shape[self.channel_axis] if self.static else None
+
+    @property
+    def spatial(self) -> tuple | None:
+        return tuple(dim for axis, dim in enumerate(self.shape) if axis not in (0, self.channel_axis)) \
+            if self.static else None
+
+    @property
+    def pixels(self) -> int | None:
+        return int(np.prod(self.spatial)) if self.static else None
+
+    @property
+    def bytes(self) -> int | None:
+        return 4 * int(np.prod(self.shape)) if self.static else None
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,8 @@ class DrawnOutputs:
     indices: str
     levels: str | None
     perm: tuple[int, ...]  # raw axes -> (N, C, H, W)
+    # this tensor's channels in the outputs, shared by the tensors drawn with it
+    channels: slice = field(default_factory=lambda: slice(None))
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -151,20 +178,24 @@ def _levels(emit: _Emitter, x: str, low: str, low64: str, high64: str) -> str:
     return emit.node("Cast", [emit.node("Add", [scaled, emit.constant(np.float32(0.5))])], to=TensorProto.UINT8)
 
 
-def _draw_one(emit: _Emitter, shown: Shown, method: str, page: bool) -> DrawnOutputs:
-    x = shown.tensor
-    if shown.elem_type in _FLOAT_TYPES:
-        x = emit.node("Cast", [x], to=TensorProto.FLOAT)
-    pixels = [axis for axis in range(4) if axis != shown.channel_axis]  # the batch axis too: it is 1
+def _draw_group(emit: _Emitter, group: list[Shown], method: str, page: bool) -> dict[str, DrawnOutputs]:
+    """The drawing nodes of tensors of one size and channel axis, concatenated along it: one node of each
+    kind for the group (onnxruntime's session opening costs about 0.1 ms a node)."""
+    first = group[0]
+    xs = [emit.node("Cast", [item.tensor], to=TensorProto.FLOAT) if item.elem_type in _FLOAT_TYPES else item.tensor
+          for item in group]
+    x = emit.node("Concat", xs, axis=first.channel_axis) if len(xs) > 1 else xs[0]
+    pixels = [axis for axis in range(4) if axis != first.channel_axis]  # the batch axis too: it is 1
     mean = emit.reduce("ReduceMean", x, pixels, 1)
     low = emit.reduce("ReduceMin", x, pixels, 1)
     high = emit.reduce("ReduceMax", x, pixels, 1)
     d = emit.node("Sub", [x, mean])
-    sizes = emit.node("Gather", [emit.node("Shape", [x]), emit.constant(np.array(pixels, dtype=np.int64))])
-    count = emit.reduce("ReduceProd", sizes, None, 0)
-    variance = emit.node("Div", [emit.reduce("ReduceSumSquare", d, pixels, 1),
-                                 emit.node("Cast", [count], to=TensorProto.FLOAT)])
-    std = emit.node("Sqrt", [variance])
+    if first.pixels is not None:
+        count = emit.constant(np.float32(first.pixels))
+    else:
+        sizes = emit.node("Gather", [emit.node("Shape", [x]), emit.constant(np.array(pixels, dtype=np.int64))])
+        count = emit.node("Cast", [emit.reduce("ReduceProd", sizes, None, 0)], to=TensorProto.FLOAT)
+    std = emit.node("Sqrt", [emit.node("Div", [emit.reduce("ReduceSumSquare", d, pixels, 1), count])])
     is_zero = emit.node("Cast", [emit.node("Equal", [x, emit.constant(np.float32(0))])], to=TensorProto.FLOAT)
     zeros = emit.reduce("ReduceMean", is_zero, pixels, 1)
     stats = emit.node("Concat", [mean, std, low, high, zeros], axis=0)
@@ -178,7 +209,7 @@ def _draw_one(emit: _Emitter, shown: Shown, method: str, page: bool) -> DrawnOut
     indices = emit.node("QuantizeLinear", [emit.node("Floor", [clipped]), emit.constant(_PALETTE_SCALE),
                                            emit.constant(np.uint8(0))])
     levels = _levels(emit, x, low, low64, high64) if page else None
-    perm = (0, shown.channel_axis, *(axis for axis in (1, 2, 3) if axis != shown.channel_axis))
+    perm = (0, first.channel_axis, *(axis for axis in (1, 2, 3) if axis != first.channel_axis))
     if perm != (0, 1, 2, 3):  # channels first, as numpy's maps: a uint8 transpose, a quarter of a float one
         indices = emit.node("Transpose", [indices], perm=list(perm))
         levels = emit.node("Transpose", [levels], perm=list(perm)) if levels else None
@@ -186,7 +217,33 @@ def _draw_one(emit: _Emitter, shown: Shown, method: str, page: bool) -> DrawnOut
     emit.output(indices, TensorProto.UINT8)
     if levels:
         emit.output(levels, TensorProto.UINT8)
-    return DrawnOutputs(stats, indices, levels, perm)
+    drawn, start = {}, 0
+    for item in group:
+        channels = slice(start, start + item.channels) if len(group) > 1 else slice(None)
+        drawn[item.tensor] = DrawnOutputs(stats, indices, levels, perm, channels)
+        start += item.channels or 0
+    return drawn
+
+
+def _groups(shown: list[Shown], method: str) -> list[list[Shown]]:
+    """Tensors drawn together: the same channel axis and static size, at most GROUP_BYTES of floats
+    each (the concatenation's copy, what drawing in groups costs in memory). A tensor whose size is
+    not known, and every tensor for the ``layer`` method (one scale per tensor), stands alone."""
+    groups: list[list[Shown]] = []
+    open_groups: dict[tuple, tuple[list[Shown], int]] = {}
+    for item in shown:
+        size = item.bytes
+        if method == "layer" or size is None or size > GROUP_BYTES:
+            groups.append([item])
+            continue
+        key = (item.channel_axis, item.spatial)
+        group, held = open_groups.get(key, (None, 0))
+        if group is None or held + size > GROUP_BYTES:
+            group, held = [], 0
+            groups.append(group)
+        group.append(item)
+        open_groups[key] = (group, held + size)
+    return groups
 
 
 def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page: bool
@@ -201,7 +258,9 @@ def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page
     if opset_of(model) < MIN_OPSET:
         return None
     emit = _Emitter(model)
-    outputs = {item.tensor: _draw_one(emit, item, method, page) for item in shown}
+    outputs: dict[str, DrawnOutputs] = {}
+    for group in _groups(shown, method):
+        outputs.update(_draw_group(emit, group, method, page))
     return emit.suffix.SerializeToString(), outputs
 
 

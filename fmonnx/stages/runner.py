@@ -131,7 +131,7 @@ class Runner:
         loaded = self.plan.loaded
         shown = [
             Shown(named.candidate.tensor, named.candidate.type.elem_type,
-                  self.plan.layout_of(named.candidate.tensor).channel_axis)
+                  self.plan.layout_of(named.candidate.tensor).channel_axis, named.candidate.type.shape)
             for named in self.plan.tensors
         ]
         built = drawing_suffix(loaded.model, shown, method, page)
