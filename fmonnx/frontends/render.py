@@ -29,12 +29,12 @@ from ..stages.activations import ImageActivations, LayerActivation, consume_laye
 from ..stages.colormap import lookup_table, to_palette_indices
 from ..stages.draw import OVERVIEW_CHANNELS, draw_indices, draw_layer, draw_overview
 from ..stages.json_out import write_manifest
-from ..stages.layout import Layout
+from ..stages.layout import Layout, chw_shape
 from ..stages.normalize import ChannelStats, channel_stats, normalize
 from ..stages.output_folder import staged_output
 from ..stages.picture_pool import PictureWriter
 from ..stages.plan import ModelPlan, demo_paths
-from ..stages.png import file_stem, image_folders, write_array, write_picture
+from ..stages.png import file_stem, image_folders, title_strip, write_array, write_picture
 from ..stages.preprocess import expand_image_paths
 from ..stages.runner import Runner
 from ..stages.select import check_selection, describe_selection, select_channels
@@ -81,6 +81,7 @@ def render(
             # image i is drawn on the writer's threads while image i + 1 runs through the model
             pending = None
             # in passes, what a pass gave is drawn before the next runs (writer.drain)
+            writer.submit(0, _draw_titles, plan, options)
             # statistics, pictures and levels computed in the graph
             draw = (options.normalization, options.report) if options.draw_in_graph else None
             images = run_images(plan, image_paths, options, runner, writer.drain, draw=draw)
@@ -204,9 +205,7 @@ def _write_layer(
     drawn = layer.drawn
     stats = drawn.stats if drawn is not None else channel_stats(layer.values)
     shown = select_channels(stats, options.max_channels, options.top)
-    title = f"{named.name}  [{named.candidate.op}]  {'x'.join(map(str, layer.shape))}"
-    if shown is not None:
-        title += f"  ({'top' if options.top else 'first'} {shown.size} of {count} channels)"
+    title = _title(named, layer.shape, options, shown.size if shown is not None else None)
     if drawn is not None:
         picture, grid = draw_indices(drawn.indices, options, title, shown)
     else:
@@ -259,6 +258,25 @@ def _write_layer(
     else:
         overview = (named.name, count, to_palette_indices(normalize(layer.values, options.normalization, stats, first)))
     return entry, files, overview, stats
+
+
+def _title(named, shape: tuple[int, ...], options: RenderOptions, shown: int | None) -> str:
+    """A layer picture's title: name, op, C x H x W and, when only some channels are drawn, which."""
+    title = f"{named.name}  [{named.candidate.op}]  {'x'.join(map(str, shape))}"
+    if shown is not None:
+        title += f"  ({'top' if options.top else 'first'} {shown} of {shape[0]} channels)"
+    return title
+
+
+def _draw_titles(plan: ModelPlan, options: RenderOptions) -> None:
+    """Draw the title bars of the layers whose size the plan knows (on a writer thread, while the first
+    image runs through the model): a cold render otherwise draws them all after the run, ~1 ms each."""
+    if options.top or options.max_channels:
+        return  # their titles say how many channels were drawn, known after the run
+    for named in plan.tensors:
+        shape = chw_shape(named.candidate.type.shape, plan.layout_of(named.candidate.tensor))
+        if shape is not None and all(isinstance(dim, int) for dim in shape):
+            title_strip(_title(named, tuple(shape), options, None))
 
 
 def _spill_channels(spill: Spill, layers: list[tuple[dict, ChannelStats]]) -> None:
