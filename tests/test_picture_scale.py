@@ -168,3 +168,23 @@ def test_png_rows_are_sub_with_isal_and_repeated_rows_up_with_zlib():
     assert _filter_bytes(with_zlib, 12, 9) == [1, 2] * 6
     for encoded in (with_isal, with_zlib):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(encoded))), picture)
+
+
+def test_notebook_thumbnails_magnify_small_maps(rendered):
+    """The notebook view's thumbnail of the 3x3 layer (a 47 x 46 stored picture, display_scale 8) is
+    magnified to the thumbnail side, not shown at its stored size."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    html = rendered._repr_html_()
+    thumbnails = re.findall(r'src="data:image/jpeg;base64,([^"]+)" title="([^"]+)"', html)
+    sizes = {}
+    for encoded, title in thumbnails:
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as picture:
+            sizes[title.split(":")[0]] = picture.size
+    pool = next(layer for layer in rendered.manifest["images"][0]["layers"] if layer["shape"][1] == POOL // 3)
+    assert pool["grid"]["display_scale"] > 1
+    assert max(sizes[pool["name"]]) == 128

@@ -170,6 +170,9 @@ class RenderResult(FolderResult):
             log.warning("no thumbnail for %s: %s", entry["name"], exc)
             return ""
         picture = picture.convert("RGB")
+        zoom = int((entry.get("grid") or {}).get("display_scale", 1))  # small maps are stored at their size
+        if zoom > 1:
+            picture = picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
         picture.thumbnail((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX)
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=80)  # a fifth of a PNG's size for noisy deep layers

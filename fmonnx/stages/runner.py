@@ -180,6 +180,14 @@ class Runner:
         single = plan_passes(sketch, exposed, sizes, budget=2**62, weights_held=1 if opened else 2)
         # each piece's model is a file (see passes.write_pieces); the slack is what the estimate
         # leaves out (convolution scratch, allocator slack: measured on a 2048 x 2048 ResNet-50)
+        available = available_bytes()
+        if self.options.max_memory is None and single:
+            # the default bound is at least memory_bound: a run under it needs no floor (nor its node-by-node plan)
+            cap = memory_bound(model_bytes, largest) - INTERPRETER_MEMORY
+            if available is not None:
+                cap = min(cap, available * 9 // 10)
+            if single[0].estimate + drawing <= cap:
+                return None
         session = model_bytes if opened else 0
         slack = 64 * MIB + largest // 4
         nodes = plan_passes(sketch, exposed, sizes, budget=0, weights_held=2, drawing=drawing)
@@ -196,7 +204,6 @@ class Runner:
         # fmonnx's own footprint is estimated, not read from the process: in a notebook the
         # process holds the user's data too, and that must not push a small model into passes
         cap = bound - INTERPRETER_MEMORY
-        available = available_bytes()
         if available is not None and cap > available * 9 // 10:
             log.info("memory bound lowered to what the system has available")
             cap = available * 9 // 10
