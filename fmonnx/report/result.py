@@ -165,12 +165,18 @@ class RenderResult(FolderResult):
         try:
             with Image.open(self.folder / entry["png"]) as picture:
                 picture.load()
-                picture = picture.crop((0, TITLE_HEIGHT, picture.width, picture.height))
+                grid = entry.get("grid") or {}
+                width, height = picture.width, picture.height
+                if {"columns", "rows", "tile", "padding"} <= set(grid):  # the maps alone, not a wider title bar
+                    width = min(width, grid["columns"] * (grid["tile"][1] + grid["padding"]) - grid["padding"])
+                    height = min(height, TITLE_HEIGHT + grid["rows"] * (grid["tile"][0] + grid["padding"])
+                                 - grid["padding"])
+                picture = picture.crop((0, TITLE_HEIGHT, width, height))
         except OSError as exc:
             log.warning("no thumbnail for %s: %s", entry["name"], exc)
             return ""
         picture = picture.convert("RGB")
-        zoom = int((entry.get("grid") or {}).get("display_scale", 1))  # small maps are stored at their size
+        zoom = int(grid.get("display_scale", 1))  # small maps are stored at their size
         if zoom > 1:
             picture = picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
         picture.thumbnail((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX)
