@@ -221,7 +221,7 @@ def run_images(
             result.layers = _passed_layers(plan, runner, pieces, types, result, prepared, before_pass)
             yield result
             continue
-        drawing = runner.drawing(*draw) if draw else None
+        drawing = runner.drawing(*draw, floats=options.save_arrays) if draw else None
         session = _run_drawn(plan, drawing, options, tensor, extra, result, runner) if drawing else runner.session()
         if session is not None:  # the float maps, for numpy to draw
             wanted = [name for name in extra if name not in names]
@@ -238,8 +238,8 @@ def run_images(
 def _run_drawn(plan: ModelPlan, drawing: Drawing, options: RenderOptions, tensor: np.ndarray,
                extra: tuple[str, ...], result: ImageActivations, runner: Runner):
     """Run one image through the drawing session into ``result``: None when drawn, else (nothing kept)
-    the session to fetch its float maps from: the same one when a layer held a non-finite value, the
-    plain exposed model when the drawing nodes failed (an inferred size the run did not keep)."""
+    the session to fetch its float maps from when a layer held a non-finite value (the same one when it
+    has them) or the drawing nodes failed (an inferred size the run did not keep): the plain exposed model."""
     floats = [named.candidate.tensor for named in plan.tensors] if options.save_arrays else []
     names = list(dict.fromkeys(name for outputs in drawing.outputs.values()
                                for name in (outputs.stats, outputs.indices, outputs.levels) if name))
@@ -251,7 +251,7 @@ def _run_drawn(plan: ModelPlan, drawing: Drawing, options: RenderOptions, tensor
         return runner.session()
     stats = {outputs_.stats for outputs_ in drawing.outputs.values()}
     if not all(finite_stats(outputs[name]) for name in stats):
-        return drawing.session
+        return drawing.session if drawing.floats else runner.session()
     result.outputs = {name: outputs[name] for name in extra}
     for named in plan.tensors:
         layer = _drawn_layer(plan, named, drawing, outputs, bool(floats), result.problems)

@@ -37,7 +37,7 @@ _STATS = ("mean", "std", "min", "max", "zero_fraction")
 # is never within 1/510 of a half, so float32 rounding of v / (255 / 253) cannot change it
 _PALETTE_SCALE = np.float32(255 / (DATA_LEVELS - 1))
 _FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-GROUP_BYTES = 16 << 20  # float bytes of the tensors drawn together at most
+GROUP_BYTES = 4 << 20  # float bytes drawn together at most: a group's temporaries are ~6x (arena)
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,11 @@ def _draw_group(emit: _Emitter, group: list[Shown], method: str, page: bool) -> 
 
 def _groups(shown: list[Shown], method: str) -> list[list[Shown]]:
     """Tensors drawn together: the same channel axis and static size, at most GROUP_BYTES of floats
-    each (the concatenation's copy, what drawing in groups costs in memory). A tensor whose size is
-    not known, and every tensor for the ``layer`` method (one scale per tensor), stands alone."""
+    each. A group's temporaries (the concatenation, x - mean, the normalization's steps) are what
+    drawing in the graph holds beyond the maps: on a ResNet-50 with the page, groups of 4 MB peak at
+    341 MB resident against 405 MB for 16 MB groups (the numpy path: 303 MB), for a session that
+    opens in 132 ms against 60 ms. A tensor whose size is not known, and every tensor for the
+    ``layer`` method (one scale per tensor), stands alone."""
     groups: list[list[Shown]] = []
     open_groups: dict[tuple, tuple[list[Shown], int]] = {}
     for item in shown:
