@@ -51,7 +51,8 @@ def instrument(spent: dict[str, list[float]]) -> None:
                 return _function(*args, **kwargs)
             finally:
                 with lock:
-                    spent[_label][-1] += time.perf_counter() - started
+                    if spent[_label]:  # the warm-up call is not counted
+                        spent[_label][-1] += time.perf_counter() - started
 
         setattr(module, name, timed)
 
