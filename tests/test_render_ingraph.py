@@ -147,3 +147,17 @@ def test_non_finite_maps_are_drawn_and_counted_as_before(tmp_path, photo):
     counts = [layer["stats"]["nonfinite_values"] for layer in drawn["images"][0]["layers"]]
     assert max(counts) > 0
     assert counts == [layer["stats"]["nonfinite_values"] for layer in reference["images"][0]["layers"]]
+
+
+def test_a_declared_shape_the_run_contradicts(tmp_path, photo):
+    """pool is declared 8x8 (as conv) but the run gives 4x4: onnxruntime refuses concatenating the two
+    for drawing, so they are drawn apart; the render says what it said before, with the same pictures."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["image", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["conv"], ["pool"], kernel_shape=[2, 2], strides=[2, 2])]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    declared = helper.make_tensor_value_info("pool", TensorProto.FLOAT, [1, 4, 8, 8])
+    model = make_model(nodes, [image], [declared], [("w", rng.normal(size=(4, 3, 3, 3)))])
+    reference, drawn = _compare(tmp_path, model, photo, exact=False)
+    assert drawn["images"][0]["problems"] == reference["images"][0]["problems"]
+    assert any("the run gave [1, 4, 4, 4]" in problem for problem in drawn["images"][0]["problems"])

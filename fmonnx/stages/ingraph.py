@@ -190,11 +190,9 @@ def _draw_group(emit: _Emitter, group: list[Shown], method: str, page: bool) -> 
     low = emit.reduce("ReduceMin", x, pixels, 1)
     high = emit.reduce("ReduceMax", x, pixels, 1)
     d = emit.node("Sub", [x, mean])
-    if first.pixels is not None:
-        count = emit.constant(np.float32(first.pixels))
-    else:
-        sizes = emit.node("Gather", [emit.node("Shape", [x]), emit.constant(np.array(pixels, dtype=np.int64))])
-        count = emit.node("Cast", [emit.reduce("ReduceProd", sizes, None, 0)], to=TensorProto.FLOAT)
+    # the pixels a channel has, from the run: an inferred size can be wrong (a declared shape the run contradicts)
+    sizes = emit.node("Gather", [emit.node("Shape", [x]), emit.constant(np.array(pixels, dtype=np.int64))])
+    count = emit.node("Cast", [emit.reduce("ReduceProd", sizes, None, 0)], to=TensorProto.FLOAT)
     std = emit.node("Sqrt", [emit.node("Div", [emit.reduce("ReduceSumSquare", d, pixels, 1), count])])
     is_zero = emit.node("Cast", [emit.node("Equal", [x, emit.constant(np.float32(0))])], to=TensorProto.FLOAT)
     zeros = emit.reduce("ReduceMean", is_zero, pixels, 1)
@@ -249,10 +247,12 @@ def _groups(shown: list[Shown], method: str) -> list[list[Shown]]:
     return groups
 
 
-def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page: bool
+def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page: bool, grouped: bool = True
                    ) -> tuple[bytes, dict[str, DrawnOutputs]] | None:
     """Serialized ModelProto bytes that, appended to the model's (see expose.exposed_suffix), add the
     drawing nodes and outputs of every ``shown`` tensor; with them, each tensor's DrawnOutputs.
+    ``grouped=False`` draws every tensor alone (no size is trusted: a model that declares a wrong
+    shape makes onnxruntime refuse the concatenation of a group).
 
     None when the model's opset is below MIN_OPSET (the render draws with numpy then).
     """
@@ -262,7 +262,7 @@ def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page
         return None
     emit = _Emitter(model)
     outputs: dict[str, DrawnOutputs] = {}
-    for group in _groups(shown, method):
+    for group in _groups(shown, method) if grouped else [[item] for item in shown]:
         outputs.update(_draw_group(emit, group, method, page))
     return emit.suffix.SerializeToString(), outputs
 

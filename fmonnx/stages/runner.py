@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..errors import ImageError
+from ..errors import ImageError, ModelError
 from .expose import exposed_suffix
 from .ingraph import DrawnOutputs, Shown, drawing_suffix
 from .layout import chw_shape
@@ -136,18 +136,24 @@ class Runner:
                   self.plan.layout_of(named.candidate.tensor).channel_axis, named.candidate.type.shape)
             for named in self.plan.tensors
         ]
-        built = drawing_suffix(loaded.model, shown, method, page)
         drawing = None
-        if built is not None:
+        for grouped in (True, False):
+            built = drawing_suffix(loaded.model, shown, method, page, grouped)
+            if built is None:  # an opset too old for the drawing nodes
+                break
             suffix, outputs = built
-            session = create_session(
-                loaded.path, self.options.provider, loaded.path.parent, loaded.external_data, self.options.threads,
-                append=exposed_suffix(loaded.model, [named.candidate for named in self.plan.tensors] if floats else [])
-                + suffix,
-                optimization=self.options.optimization,
-            )
+            candidates = [named.candidate for named in self.plan.tensors] if floats else []
+            try:
+                session = create_session(
+                    loaded.path, self.options.provider, loaded.path.parent, loaded.external_data, self.options.threads,
+                    append=exposed_suffix(loaded.model, candidates) + suffix, optimization=self.options.optimization,
+                )
+            except ModelError as exc:  # e.g. a declared shape the groups' concatenation contradicts
+                log.info("onnxruntime refused the drawing nodes%s: %s", " in groups" if grouped else "", exc)
+                continue
             self.provider = self.provider or session.get_providers()[0]
             drawing = Drawing(session, outputs, floats)
+            break
         self._drawing = (key, drawing)
         return drawing
 
