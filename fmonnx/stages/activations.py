@@ -249,7 +249,7 @@ def _run_drawn(plan: ModelPlan, drawing: Drawing, options: RenderOptions, tensor
     except ModelError as exc:
         log.info("drawing in the graph failed (%s); drawing with numpy", exc)
         return runner.session()
-    stats = {outputs_.stats for outputs_ in drawing.outputs.values()}
+    stats = {drawn.stats for drawn in drawing.outputs.values()}
     if not all(finite_stats(outputs[name]) for name in stats):
         return drawing.session if drawing.floats else runner.session()
     result.outputs = {name: outputs[name] for name in extra}

@@ -28,11 +28,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .colormap import DATA_LEVELS
 from .normalize import FLAT_TOLERANCE, METHODS
+from .stats import CHANNEL_FIELDS
 
 __all__ = ["MIN_OPSET", "DrawnOutputs", "Shown", "drawing_suffix", "opset_of", "stats_columns", "finite_stats"]
 
 MIN_OPSET = 13  # Reduce* with axes attributes, Clip with inputs, Round: one form of each op to emit
-_STATS = ("mean", "std", "min", "max", "zero_fraction")
 # the palette index of a normalized value v is round(v * 253 / 255) (colormap._INDEX_OF_VALUE); v * 253 / 255
 # is never within 1/510 of a half, so float32 rounding of v / (255 / 253) cannot change it
 _PALETTE_SCALE = np.float32(255 / (DATA_LEVELS - 1))
@@ -63,10 +63,6 @@ class Shown:
     def spatial(self) -> tuple | None:
         return tuple(dim for axis, dim in enumerate(self.shape) if axis not in (0, self.channel_axis)) \
             if self.static else None
-
-    @property
-    def pixels(self) -> int | None:
-        return int(np.prod(self.spatial)) if self.static else None
 
     @property
     def bytes(self) -> int | None:
@@ -133,31 +129,29 @@ class _Emitter:
         self.suffix.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
 
 
-def _flat(emit: _Emitter, low: str, high: str) -> str:
-    """float64 ``normalize.flat_spread``: high - low <= FLAT_TOLERANCE * max(|low|, |high|)."""
-    spread = emit.node("Sub", [high, low])
+def _flat(emit: _Emitter, low: str, high: str, spread: str) -> str:
+    """float64 ``normalize.flat_spread``: spread (high - low) <= FLAT_TOLERANCE * max(|low|, |high|)."""
     magnitude = emit.node("Max", [emit.node("Abs", [low]), emit.node("Abs", [high])])
     return emit.node("LessOrEqual", [spread, emit.node("Mul", [magnitude, emit.constant(np.float64(FLAT_TOLERANCE))])])
 
 
-def _normalized(emit: _Emitter, x: str, d: str, method: str, mean_std: tuple[str, str], low: str, high: str,
-                low64: str, high64: str, dead: str) -> str:
+def _normalized(emit: _Emitter, x: str, d: str, method: str, std: str, low: str, low64: str, high64: str,
+                span64: str, dead: str) -> str:
     """normalize.py's arithmetic before the clip; a dead channel (or layer) divides by infinity, so it
     comes out as its flat value (128 standardized, 0 otherwise) exactly."""
     infinity = emit.constant(np.float32(np.inf))
     if method == "standardize":
-        std = emit.node("Where", [dead, infinity, mean_std[1]])
+        std = emit.node("Where", [dead, infinity, std])
         scaled = emit.node("Div", [d, std])
         return emit.node("Add", [emit.node("Mul", [scaled, emit.constant(np.float32(64))]),
                                  emit.constant(np.float32(128))])
     if method == "minmax":
-        span = emit.node("Sub", [high64, low64])
-        start = low
+        span, start = span64, low
     else:  # "layer": one min and max for the whole layer, judged as one channel
         low64 = emit.reduce("ReduceMin", low64, None, 0)
         high64 = emit.reduce("ReduceMax", high64, None, 0)
-        dead = _flat(emit, low64, high64)
         span = emit.node("Sub", [high64, low64])
+        dead = _flat(emit, low64, high64, span)
         start = emit.node("Cast", [low64], to=TensorProto.FLOAT)
     zero = emit.node("Equal", [span, emit.constant(np.float64(0))])
     span = emit.node("Cast", [emit.node("Where", [zero, emit.constant(np.float64(1)), span])], to=TensorProto.FLOAT)
@@ -166,9 +160,9 @@ def _normalized(emit: _Emitter, x: str, d: str, method: str, mean_std: tuple[str
     return emit.node("Mul", [scaled, emit.constant(np.float32(255))])
 
 
-def _levels(emit: _Emitter, x: str, low: str, low64: str, high64: str) -> str:
+def _levels(emit: _Emitter, x: str, low: str, span64: str) -> str:
     """report.page.quantize: round((x - min) * (255 / span)) per channel, 0 where the span is 0."""
-    span = emit.node("Cast", [emit.node("Sub", [high64, low64])], to=TensorProto.FLOAT)
+    span = emit.node("Cast", [span64], to=TensorProto.FLOAT)
     positive = emit.node("Greater", [span, emit.constant(np.float32(0))])
     one = emit.constant(np.float32(1))
     factor = emit.node("Div", [emit.constant(np.float32(255)), emit.node("Where", [positive, span, one])])
@@ -199,14 +193,15 @@ def _draw_group(emit: _Emitter, group: list[Shown], method: str, page: bool) -> 
     stats = emit.node("Concat", [mean, std, low, high, zeros], axis=0)
     low64 = emit.node("Cast", [low], to=TensorProto.DOUBLE)
     high64 = emit.node("Cast", [high], to=TensorProto.DOUBLE)
-    dead = _flat(emit, low64, high64)
-    scaled = _normalized(emit, x, d, method, (mean, std), low, high, low64, high64, dead)
+    span64 = emit.node("Sub", [high64, low64])
+    dead = _flat(emit, low64, high64, span64)
+    scaled = _normalized(emit, x, d, method, std, low, low64, high64, span64, dead)
     clipped = emit.node("Clip", [scaled, emit.constant(np.float32(0)), emit.constant(np.float32(255))])
     # numpy's astype(uint8) of a value in 0..255 is its floor; QuantizeLinear's round(v / scale) is then
     # the palette index in one kernel
     indices = emit.node("QuantizeLinear", [emit.node("Floor", [clipped]), emit.constant(_PALETTE_SCALE),
                                            emit.constant(np.uint8(0))])
-    levels = _levels(emit, x, low, low64, high64) if page else None
+    levels = _levels(emit, x, low, span64) if page else None
     perm = (0, first.channel_axis, *(axis for axis in (1, 2, 3) if axis != first.channel_axis))
     if perm != (0, 1, 2, 3):  # channels first, as numpy's maps: a uint8 transpose, a quarter of a float one
         indices = emit.node("Transpose", [indices], perm=list(perm))
@@ -269,8 +264,8 @@ def drawing_suffix(model: onnx.ModelProto, shown: list[Shown], method: str, page
 
 def stats_columns(stats: np.ndarray) -> dict[str, np.ndarray]:
     """The (5, C) stats output -> float64 columns named as ChannelStats' fields."""
-    table = np.asarray(stats, dtype=np.float64).reshape(len(_STATS), -1)
-    return dict(zip(_STATS, table))
+    table = np.asarray(stats, dtype=np.float64).reshape(len(CHANNEL_FIELDS), -1)
+    return dict(zip(CHANNEL_FIELDS, table))
 
 
 def finite_stats(stats: np.ndarray) -> bool:

@@ -119,7 +119,7 @@ class Runner:
         self._pieces: dict[tuple, tuple[list[Piece], dict, dict] | None] = {}
         self._folder: tempfile.TemporaryDirectory | None = None  # the pieces' model files, made for passes only
         self._files: dict[tuple, list[Path]] = {}  # input shape -> the pieces' files
-        self._drawing: tuple[tuple, Drawing | None] | None = None  # (method, page) -> the last drawing session
+        self._drawing: tuple[tuple, Drawing | None] | None = None  # (method, page, floats), its drawing session
 
     def drawing(self, method: str, page: bool, floats: bool = False) -> Drawing | None:
         """The session that draws in the graph (ingraph.py) by ``method``, with the page's levels when
@@ -187,8 +187,6 @@ class Runner:
         opened = self._session is not None
         # a session holds its weights once, twice while it opens
         single = plan_passes(sketch, exposed, sizes, budget=2**62, weights_held=1 if opened else 2)
-        # each piece's model is a file (see passes.write_pieces); the slack is what the estimate
-        # leaves out (convolution scratch, allocator slack: measured on a 2048 x 2048 ResNet-50)
         available = available_bytes()
         if self.options.max_memory is None and single:
             # the default bound is at least memory_bound: a run under it needs no floor (nor its node-by-node plan)
@@ -197,6 +195,8 @@ class Runner:
                 cap = min(cap, available * 9 // 10)
             if single[0].estimate + drawing <= cap:
                 return None
+        # each piece's model is a file (see passes.write_pieces); the slack is what the estimate
+        # leaves out (convolution scratch, allocator slack: measured on a 2048 x 2048 ResNet-50)
         session = model_bytes if opened else 0
         slack = 64 * MIB + largest // 4
         nodes = plan_passes(sketch, exposed, sizes, budget=0, weights_held=2, drawing=drawing)
